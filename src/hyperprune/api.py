@@ -1,0 +1,298 @@
+"""The Python API: ``prune``, ``evaluate_perplexity`` (re-exported), ``evaluate`` and
+``compare``. The CLI is a thin layer over these functions."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hyperprune.config import DEFAULT_EVAL, MAX_DEFAULT_SEQLEN, PruneConfig
+from hyperprune.data import BOS_PER_WINDOW, calibration_windows, evaluation_windows, load_text_source
+from hyperprune.engine import LayerwiseResult, PeakMemory, run_layerwise
+from hyperprune.errors import HyperpruneError
+from hyperprune.eval import evaluate_perplexity
+from hyperprune.export import atomic_output_dir, check_output_dir, save_checkpoint, write_json_atomic
+from hyperprune.masks import count_nm_violations
+from hyperprune.methods import get_method
+from hyperprune.models import LoadedModel, context_length, load_model, prunable_weight_names
+from hyperprune.report import environment, library_versions
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str | None) -> torch.device:
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise HyperpruneError(f"unknown device '{name}'; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise HyperpruneError(f"device '{name}' requested but CUDA is not available; use --device cpu")
+    return device
+
+
+def resolve_seqlen(requested: int | None, model_config) -> int:
+    context = context_length(model_config)
+    if requested is None:
+        return min(context, MAX_DEFAULT_SEQLEN) if context else MAX_DEFAULT_SEQLEN
+    if requested < 2:
+        raise HyperpruneError(f"--seqlen {requested} is too small; use at least 2 tokens")
+    if context and requested > context:
+        raise HyperpruneError(f"--seqlen {requested} is larger than the model's context length {context}; use --seqlen {context} or less")
+    return requested
+
+
+@dataclass
+class PruneRun:
+    """One method applied to a loaded model: the engine's result plus cost."""
+
+    method: str
+    result: LayerwiseResult
+    seconds: float
+    peak_rss_bytes: int
+    peak_cuda_bytes: int | None
+
+    def global_sparsity(self) -> float:
+        zeros = sum(r.sparsity * r.shape[0] * r.shape[1] for r in self.result.layers)
+        total = sum(r.shape[0] * r.shape[1] for r in self.result.layers)
+        return zeros / total if total else 0.0
+
+
+def prunable_weights(model, loaded: LoadedModel) -> dict[str, torch.Tensor]:
+    state = dict(model.named_parameters())
+    return {name: state[name] for name in prunable_weight_names(model, loaded.layout)}
+
+
+def nm_valid(loaded: LoadedModel, config: PruneConfig) -> bool:
+    """Every prunable matrix is exactly n:m for the target pattern (false if unstructured)."""
+    pattern = config.target.pattern
+    if pattern is None:
+        return False
+    return all(
+        count_nm_violations(w.detach(), pattern.n, pattern.m) == 0 for w in prunable_weights(loaded.model, loaded).values()
+    )
+
+
+def run_method(loaded: LoadedModel, config: PruneConfig, calib_ids: torch.Tensor, progress: bool = True) -> PruneRun:
+    """Prune ``loaded.model`` in place with ``config.method``, measuring time and memory."""
+    method = get_method(config.method)(config)
+    if config.target.pattern is not None:
+        m = config.target.pattern.m
+        for name, weight in prunable_weights(loaded.model, loaded).items():
+            if weight.shape[1] % m:
+                raise HyperpruneError(f"{name} has {weight.shape[1]} input features, not divisible by m={m}; choose another --pattern")
+    elif not method.supports_unstructured:
+        raise HyperpruneError(f"method '{config.method}' supports n:m patterns only; use --pattern instead of --sparsity")
+    device = resolve_device(config.device)
+    start = time.perf_counter()
+    with PeakMemory() as memory:
+        result = run_layerwise(
+            loaded.model, loaded.layout, method, calib_ids, device, config.offload_activations, progress
+        )
+    seconds = time.perf_counter() - start
+    return PruneRun(config.method, result, seconds, memory.peak_rss_bytes, memory.peak_cuda_bytes)
+
+
+def load_for(config: PruneConfig, trust_remote_code: bool = False) -> tuple[LoadedModel, int]:
+    loaded = load_model(config.model, config.dtype, trust_remote_code)
+    return loaded, resolve_seqlen(config.seqlen, loaded.model.config)
+
+
+def calibration_ids(loaded: LoadedModel, config: PruneConfig, seqlen: int) -> torch.Tensor:
+    source = load_text_source(config.calib)
+    return calibration_windows(loaded.tokenizer, source, config.nsamples, seqlen, config.seed)
+
+
+def eval_ids(loaded: LoadedModel, eval_source: str, seqlen: int, eval_windows: int | None) -> torch.Tensor:
+    if eval_windows is not None and eval_windows <= 0:
+        raise HyperpruneError(f"--eval-windows {eval_windows} must be a positive number of windows")
+    return evaluation_windows(loaded.tokenizer, load_text_source(eval_source), seqlen, eval_windows)
+
+
+def base_report(config: PruneConfig, seqlen: int, device: torch.device) -> dict[str, Any]:
+    return {
+        "model": config.model,
+        "method": config.method,
+        "pattern": str(config.target),
+        "target_sparsity": config.target.fraction,
+        "seed": config.seed,
+        "nsamples": config.nsamples,
+        "seqlen": seqlen,
+        "calib": config.calib,
+        "device": str(device),
+        "dtype": config.dtype,
+        "bos_per_window": BOS_PER_WINDOW,
+        "config": json.loads(config.model_dump_json()),
+        "versions": library_versions(),
+        "environment": environment(),
+    }
+
+
+def run_report(run: PruneRun) -> dict[str, Any]:
+    return {
+        "global_sparsity": run.global_sparsity(),
+        "prune_seconds": run.seconds,
+        "peak_rss_bytes": run.peak_rss_bytes,
+        "peak_cuda_bytes": run.peak_cuda_bytes,
+        "mean_block_rel_output_error": sum(b.rel_output_error for b in run.result.blocks) / max(1, len(run.result.blocks)),
+        "blocks": [asdict(b) for b in run.result.blocks],
+        "layers": [asdict(r) for r in run.result.layers],
+    }
+
+
+def prune(
+    config: PruneConfig | None = None,
+    *,
+    output: str | Path | None = None,
+    overwrite: bool = False,
+    eval_source: str | None = None,
+    eval_windows: int | None = None,
+    progress: bool = True,
+    trust_remote_code: bool = False,
+) -> dict[str, Any]:
+    """Prune a model layer by layer and return the report.
+
+    With ``output``, write a Hugging Face checkpoint, ``masks.safetensors`` and
+    ``report.json`` there (atomically). With ``eval_source``, measure perplexity before
+    and after pruning on the same windows.
+    """
+    config = config or PruneConfig()
+    wall_start = time.perf_counter()
+    get_method(config.method)  # unknown method: fail before loading anything
+    if output is not None:
+        check_output_dir(output, overwrite)
+    device = resolve_device(config.device)
+    loaded, seqlen = load_for(config, trust_remote_code)
+    calib = calibration_ids(loaded, config, seqlen)
+    evaluation = eval_ids(loaded, eval_source, seqlen, eval_windows) if eval_source else None
+
+    report = base_report(config, seqlen, device)
+    if evaluation is not None:
+        dense = evaluate_perplexity(loaded.model, evaluation, device, progress)
+        loaded.model.to("cpu")
+    run = run_method(loaded, config, calib, progress)
+    report.update(run_report(run))
+    report["nm_valid"] = nm_valid(loaded, config)
+    if evaluation is not None:
+        pruned = evaluate_perplexity(loaded.model, evaluation, device, progress)
+        loaded.model.to("cpu")
+        report["eval"] = {
+            "source": eval_source,
+            "windows": pruned.windows,
+            "tokens": pruned.tokens,
+            "ppl_dense": dense.ppl,
+            "ppl_pruned": pruned.ppl,
+        }
+    report["wall_seconds"] = time.perf_counter() - wall_start
+    if output is not None:
+        report["output"] = str(output)
+        with atomic_output_dir(output, overwrite) as staging:
+            save_checkpoint(loaded.model, loaded.tokenizer, run.result.masks, report, staging)
+    return report
+
+
+def evaluate(
+    model: str,
+    eval_source: str = DEFAULT_EVAL,
+    *,
+    seqlen: int | None = None,
+    eval_windows: int | None = None,
+    device: str | None = None,
+    dtype: str = "float32",
+    progress: bool = True,
+    trust_remote_code: bool = False,
+) -> dict[str, Any]:
+    """Perplexity of a model (a built-in name, a directory, e.g. a pruned output, or a hub id)."""
+    dev = resolve_device(device)
+    loaded = load_model(model, dtype, trust_remote_code)
+    seqlen = resolve_seqlen(seqlen, loaded.model.config)
+    windows = eval_ids(loaded, eval_source, seqlen, eval_windows)
+    result = evaluate_perplexity(loaded.model, windows, dev, progress)
+    return {
+        "model": model,
+        "eval": eval_source,
+        "seqlen": seqlen,
+        "tokens": result.tokens,
+        "ppl": result.ppl,
+        "windows": result.windows,
+        "nll": result.nll,
+        "bos_per_window": BOS_PER_WINDOW,
+        "device": str(dev),
+        "versions": library_versions(),
+    }
+
+
+def compare(
+    methods: list[str],
+    config: PruneConfig | None = None,
+    *,
+    eval_source: str = DEFAULT_EVAL,
+    eval_windows: int | None = None,
+    progress: bool = True,
+    trust_remote_code: bool = False,
+) -> dict[str, Any]:
+    """Run several methods on the same model, calibration windows and evaluation windows.
+
+    The model loads once; its dense prunable weights are restored before each method.
+    ``dense`` means the unpruned model. Peak RSS is this process's, during that method.
+    """
+    config = config or PruneConfig()
+    if not methods:
+        raise HyperpruneError("--methods is empty; give a comma-separated list such as dense,wanda,sparsegpt")
+    for name in methods:
+        if name != "dense":
+            get_method(name)
+    device = resolve_device(config.device)
+    loaded, seqlen = load_for(config, trust_remote_code)
+    calib = calibration_ids(loaded, config, seqlen)
+    evaluation = eval_ids(loaded, eval_source, seqlen, eval_windows)
+    originals = {name: w.detach().clone() for name, w in prunable_weights(loaded.model, loaded).items()}
+
+    out: dict[str, Any] = {
+        "model": config.model,
+        "pattern": str(config.target),
+        "seqlen": seqlen,
+        "calib": config.calib,
+        "eval": eval_source,
+        "nsamples": config.nsamples,
+        "seed": config.seed,
+        "eval_windows": int(evaluation.shape[0]),
+        "eval_tokens": int(evaluation.shape[0] * (seqlen - 1)),
+        "bos_per_window": BOS_PER_WINDOW,
+        "methods": {},
+        "config": json.loads(config.model_dump_json()),
+        "versions": library_versions(),
+        "environment": environment(),
+    }
+    for name in methods:
+        with torch.no_grad():
+            for key, weight in prunable_weights(loaded.model, loaded).items():
+                weight.copy_(originals[key])
+        entry: dict[str, Any]
+        if name == "dense":
+            entry = {"prune_seconds": 0.0, "peak_rss_bytes": 0, "global_sparsity": 0.0, "nm_valid": False}
+        else:
+            run = run_method(loaded, config.model_copy(update={"method": name}), calib, progress)
+            entry = {
+                "prune_seconds": run.seconds,
+                "peak_rss_bytes": run.peak_rss_bytes,
+                "global_sparsity": run.global_sparsity(),
+                "nm_valid": nm_valid(loaded, config),
+                "mean_block_rel_output_error": run_report(run)["mean_block_rel_output_error"],
+            }
+        ppl = evaluate_perplexity(loaded.model, evaluation, device, progress)
+        loaded.model.to("cpu")
+        out["methods"][name] = {"ppl": ppl.ppl, **entry}
+        log.info("%s: ppl %.3f", name, ppl.ppl)
+    return out
+
+
+def write_json(path: str | Path, payload: dict[str, Any]) -> None:
+    write_json_atomic(path, json.dumps(payload, indent=2))

@@ -1,0 +1,256 @@
+"""Command-line interface: ``hyperprune prune | eval | verify | compare``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Any
+
+from hyperprune.config import (
+    DEFAULT_CALIB,
+    DEFAULT_EVAL,
+    DEFAULT_MODEL,
+    DEFAULT_NSAMPLES,
+    DEFAULT_SEED,
+    PruneConfig,
+    SparseGPTOptions,
+    SparsityTarget,
+)
+from hyperprune.errors import HyperpruneError
+
+log = logging.getLogger("hyperprune")
+
+
+def _add_model(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"built-in name, local directory/.gguf, or hub id (default: {DEFAULT_MODEL})")
+    p.add_argument("--device", default=None, help="compute device (default: cuda if available, else cpu)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="weight dtype (default: float32)")
+    p.add_argument("--seqlen", type=int, default=None, help="tokens per window (default: model context, capped at 2048)")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off by default)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or info logs")
+
+
+def _add_pruning(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pattern", default=None, help="n:m sparsity, n kept of every m along the input dim (default: 2:4)")
+    p.add_argument("--sparsity", type=float, default=None, help="unstructured sparsity in [0,1) instead of --pattern")
+    p.add_argument("--calib", default=DEFAULT_CALIB, metavar="SOURCE", help=f"calibration text: named source or path (default: {DEFAULT_CALIB})")
+    p.add_argument("--nsamples", type=int, default=DEFAULT_NSAMPLES, help=f"calibration windows (default: {DEFAULT_NSAMPLES})")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"calibration sampling seed (default: {DEFAULT_SEED})")
+    p.add_argument("--percdamp", type=float, default=SparseGPTOptions().percdamp, help="SparseGPT dampening, fraction of mean diag(H) (default: 0.01)")
+    p.add_argument("--blocksize", type=int, default=SparseGPTOptions().blocksize, help="SparseGPT lazy-update block size (default: 128)")
+    p.add_argument("--no-offload", action="store_true", help="keep calibration activations on the compute device")
+
+
+def _add_eval(p: argparse.ArgumentParser, default: str | None) -> None:
+    p.add_argument("--eval", default=default, metavar="SOURCE", help=f"evaluation text: named source or path (default: {default or 'none'})")
+    p.add_argument("--eval-windows", type=int, default=None, metavar="N", help="evaluate at most N windows, spread over the text (default: all)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hyperprune", description="Prune LLMs to n:m semi-structured sparsity, layer by layer.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    from hyperprune.methods import METHODS
+
+    methods = ", ".join(sorted(METHODS))
+    p = sub.add_parser("prune", help="prune a model and save it")
+    _add_model(p)
+    p.add_argument("--method", default="sparsegpt", help=f"one of: {methods} (default: sparsegpt)")
+    _add_pruning(p)
+    _add_eval(p, None)
+    p.add_argument("--output", default=None, help="directory for the pruned checkpoint, masks and report.json")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output directory")
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the report to FILE")
+
+    p = sub.add_parser("eval", help="perplexity of a model")
+    _add_model(p)
+    _add_eval(p, DEFAULT_EVAL)
+    p.add_argument("--json", default=None, metavar="FILE", help="write the result as JSON")
+
+    p = sub.add_parser("verify", help="check that a pruned checkpoint is exactly n:m")
+    p.add_argument("directory", help="output directory of 'hyperprune prune'")
+    p.add_argument("--pattern", default=None, help="n:m to check against (default: the report's)")
+    p.add_argument("--json", default=None, metavar="FILE", help="write per-layer results as JSON")
+
+    p = sub.add_parser("compare", help="several methods side by side on the same data")
+    _add_model(p)
+    p.add_argument("--methods", default="dense,magnitude,wanda,sparsegpt", help=f"comma-separated, from: dense, {methods}")
+    _add_pruning(p)
+    _add_eval(p, DEFAULT_EVAL)
+    p.add_argument("--json", default=None, metavar="FILE", help="write the comparison as JSON")
+    return parser
+
+
+def _config(args: argparse.Namespace, method: str) -> PruneConfig:
+    try:
+        target = SparsityTarget.from_args(args.pattern, args.sparsity)
+        return PruneConfig(
+            model=args.model,
+            method=method,
+            target=target,
+            calib=args.calib,
+            nsamples=args.nsamples,
+            seqlen=args.seqlen,
+            seed=args.seed,
+            device=args.device,
+            dtype=args.dtype,
+            offload_activations=not args.no_offload,
+            sparsegpt=SparseGPTOptions(percdamp=args.percdamp, blocksize=args.blocksize),
+        )
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        raise HyperpruneError(_first_error(exc)) from None
+
+
+def _first_error(exc: ValueError) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        where = ".".join(str(x) for x in first.get("loc", ()) if x != "__root__")
+        msg = str(first.get("msg", exc)).removeprefix("Value error, ")
+        return f"invalid {where}: {msg}" if where and where not in ("target", "pattern") else msg
+    return str(exc)
+
+
+def _gib(nbytes: int | None) -> str:
+    return f"{nbytes / 2**30:.2f} GiB" if nbytes else "-"
+
+
+def _print_table(headers: list[str], rows: list[list[Any]]) -> None:
+    cells = [headers] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    for k, row in enumerate(cells):
+        print("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))))
+        if k == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from hyperprune.api import prune, write_json
+
+    report = prune(
+        _config(args, args.method),
+        output=args.output,
+        overwrite=args.overwrite,
+        eval_source=args.eval,
+        eval_windows=args.eval_windows,
+        progress=not args.quiet,
+        trust_remote_code=args.trust_remote_code,
+    )
+    rows = [
+        ["method", report["method"]],
+        ["pattern", report["pattern"]],
+        ["calibration", f"{report['calib']} ({report['nsamples']} x {report['seqlen']} tokens)"],
+        ["global sparsity", f"{report['global_sparsity']:.4f}"],
+        ["n:m valid", report["nm_valid"]],
+        ["mean block output error", f"{report['mean_block_rel_output_error']:.4g}"],
+        ["prune time", f"{report['prune_seconds']:.1f} s"],
+        ["peak RSS", _gib(report["peak_rss_bytes"])],
+    ]
+    if "eval" in report:
+        ev = report["eval"]
+        rows += [
+            [f"PPL dense ({ev['source']}, {ev['tokens']} tokens)", f"{ev['ppl_dense']:.3f}"],
+            [f"PPL pruned ({ev['source']}, {ev['tokens']} tokens)", f"{ev['ppl_pruned']:.3f}"],
+        ]
+    if args.output:
+        rows.append(["output", args.output])
+    _print_table(["", ""], rows)
+    if args.json:
+        write_json(args.json, report)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from hyperprune.api import evaluate, write_json
+
+    result = evaluate(
+        args.model,
+        args.eval,
+        seqlen=args.seqlen,
+        eval_windows=args.eval_windows,
+        device=args.device,
+        dtype=args.dtype,
+        progress=not args.quiet,
+        trust_remote_code=args.trust_remote_code,
+    )
+    print(f"{result['model']}  {result['eval']}  seqlen {result['seqlen']}  tokens {result['tokens']}  PPL {result['ppl']:.4f}")
+    if args.json:
+        write_json(args.json, result)
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from hyperprune.api import write_json
+    from hyperprune.export import verify_checkpoint
+
+    result = verify_checkpoint(args.directory, args.pattern)
+    bad = [c for c in result.layers if c.violations or c.unmasked_nonzeros]
+    for problem in result.problems:
+        print(f"FAIL {problem}")
+    for check in bad:
+        print(f"FAIL {check.name}: {check.violations} groups over {result.pattern}, {check.unmasked_nonzeros} non-zeros outside the mask")
+    verdict = "OK" if result.ok else "FAILED"
+    print(f"{verdict}: {len(result.layers) - len(bad)}/{len(result.layers)} matrices are exactly {result.pattern}")
+    if args.json:
+        write_json(args.json, {"ok": result.ok, "pattern": result.pattern, "problems": result.problems, "layers": [asdict(c) for c in result.layers]})
+    return 0 if result.ok else 1
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from hyperprune.api import compare, write_json
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    config = _config(args, "dense")
+    result = compare(
+        methods,
+        config,
+        eval_source=args.eval,
+        eval_windows=args.eval_windows,
+        progress=not args.quiet,
+        trust_remote_code=args.trust_remote_code,
+    )
+    print(
+        f"model {result['model']}, pattern {result['pattern']}, calib {result['calib']} "
+        f"({result['nsamples']} x {result['seqlen']}), eval {result['eval']} ({result['eval_tokens']} tokens)"
+    )
+    rows = []
+    for name, r in result["methods"].items():
+        rows.append([name, f"{r['ppl']:.3f}", f"{r['global_sparsity']:.3f}", r["nm_valid"], f"{r['prune_seconds']:.1f}", _gib(r["peak_rss_bytes"])])
+    _print_table(["method", "PPL", "sparsity", "n:m valid", "prune s", "peak RSS"], rows)
+    if args.json:
+        write_json(args.json, result)
+    return 0
+
+
+COMMANDS = {"prune": cmd_prune, "eval": cmd_eval, "verify": cmd_verify, "compare": cmd_compare}
+
+
+def _setup_logging(quiet: bool) -> None:
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    if quiet:
+        transformers.logging.disable_progress_bar()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(getattr(args, "quiet", False))
+    try:
+        return COMMANDS[args.command](args)
+    except HyperpruneError as exc:
+        print(f"hyperprune: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("hyperprune: interrupted; no output was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""Input statistics of a linear layer, accumulated over calibration tokens (pure math)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+import torch
+
+
+class StatisticsKind(IntEnum):
+    """What a method needs to see of a layer's inputs; each level includes the previous."""
+
+    NONE = 0
+    NORMS = 1  # per-input-channel sum of squares (Wanda)
+    MOMENTS = 2  # plus per-channel sums, for means and variances
+    HESSIAN = 3  # plus the full X Xᵀ (SparseGPT)
+
+
+@dataclass
+class InputStatistics:
+    """Running sums over every calibration token that reached a linear layer."""
+
+    in_features: int
+    kind: StatisticsKind
+    n_tokens: int = 0
+    sum: torch.Tensor | None = None
+    sq_sum: torch.Tensor | None = None
+    xxt: torch.Tensor | None = field(default=None, repr=False)
+
+    def add(self, x: torch.Tensor) -> None:
+        """Accumulate a batch of inputs shaped ``[..., in_features]``."""
+        x = x.detach().reshape(-1, self.in_features).float()
+        self.n_tokens += x.shape[0]
+        if self.kind >= StatisticsKind.NORMS:
+            self.sq_sum = _add(self.sq_sum, (x * x).sum(dim=0))
+        if self.kind >= StatisticsKind.MOMENTS:
+            self.sum = _add(self.sum, x.sum(dim=0))
+        if self.kind >= StatisticsKind.HESSIAN:
+            self.xxt = _add(self.xxt, x.T @ x)
+
+    @property
+    def column_norms(self) -> torch.Tensor:
+        """‖x_j‖₂ over all calibration tokens, per input channel j."""
+        return torch.sqrt(self.sq_sum)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.sum / self.n_tokens
+
+    @property
+    def variance(self) -> torch.Tensor:
+        return (self.sq_sum / self.n_tokens - self.mean**2).clamp_min(0.0)
+
+    def hessian(self) -> torch.Tensor:
+        """H = 2 X Xᵀ / n, the Hessian of the layer-wise squared error (SparseGPT)."""
+        if self.xxt is None:
+            raise RuntimeError("Hessian statistics were not collected for this layer")
+        return self.xxt * (2.0 / self.n_tokens)
+
+
+def _add(total: torch.Tensor | None, value: torch.Tensor) -> torch.Tensor:
+    return value if total is None else total.add_(value)

@@ -1,0 +1,3 @@
+from hyperprune.eval.perplexity import PerplexityResult, evaluate_perplexity
+
+__all__ = ["PerplexityResult", "evaluate_perplexity"]

@@ -1,0 +1,53 @@
+"""Pruned checkpoints: a Hugging Face model directory plus bit-packed masks and a report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from hyperprune.errors import HyperpruneError
+from hyperprune.masks import pack_mask, unpack_mask
+
+MASKS_FILE = "masks.safetensors"
+REPORT_FILE = "report.json"
+MASKS_FORMAT = "hyperprune-bitpacked-v1"
+
+
+def save_masks(masks: dict[str, torch.Tensor], path: str | Path) -> None:
+    """One uint8 tensor per weight (np.packbits, MSB first); shapes in the metadata."""
+    packed = {name: pack_mask(mask) for name, mask in masks.items()}
+    shapes = {name: list(mask.shape) for name, mask in masks.items()}
+    save_file(packed, str(path), metadata={"format": MASKS_FORMAT, "shapes": json.dumps(shapes)})
+
+
+def load_masks(path: str | Path) -> dict[str, torch.Tensor]:
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        if meta.get("format") != MASKS_FORMAT:
+            raise HyperpruneError(f"'{path}' is not a hyperprune mask file (format {meta.get('format')!r})")
+        shapes = json.loads(meta["shapes"])
+        return {name: unpack_mask(f.get_tensor(name), tuple(shapes[name])) for name in f.keys()}
+
+
+def save_checkpoint(model, tokenizer, masks: dict[str, torch.Tensor], report: dict, directory: Path) -> None:
+    """Write everything into ``directory`` (normally the staging dir of atomic_output_dir)."""
+    model.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+    save_masks(masks, directory / MASKS_FILE)
+    (directory / REPORT_FILE).write_text(json.dumps(report, indent=2))
+
+
+def weight_files(directory: Path) -> dict[str, Path]:
+    """Map each tensor name to the safetensors shard that holds it (masks excluded)."""
+    where = {}
+    for shard in sorted(directory.glob("*.safetensors")):
+        if shard.name == MASKS_FILE:
+            continue
+        with safe_open(str(shard), framework="pt") as f:
+            for name in f.keys():
+                where[name] = shard
+    return where

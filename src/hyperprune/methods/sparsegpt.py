@@ -1,0 +1,134 @@
+"""SparseGPT (Frantar & Alistarh, 2023): OBS-based mask selection with weight update.
+
+The pure functions here take a weight and a Hessian and return the pruned weight;
+the method class only wires them to the engine.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from hyperprune.config import SparseGPTOptions, SparsityTarget
+from hyperprune.engine.statistics import StatisticsKind
+from hyperprune.errors import HyperpruneError
+from hyperprune.methods.base import PruningMethod, register_method
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SparseGPTResult:
+    weight: torch.Tensor  # updated weight, zero where pruned
+    mask: torch.Tensor  # keep-mask
+    loss: float  # Σ OBS losses, the layer's predicted squared error (H scale)
+    percdamp: float  # dampening finally used
+
+
+def inverse_hessian_cholesky(
+    hessian: torch.Tensor, percdamp: float, max_retries: int = 4, where: str = "layer"
+) -> tuple[torch.Tensor, float]:
+    """Upper Cholesky factor of (H + λI)⁻¹, with λ = percdamp · mean(diag H).
+
+    If H + λI is not positive definite (too few samples, dead or collinear inputs),
+    retry with 10x the dampening, then give a clear error instead of a crash.
+    """
+    damp_fraction = percdamp
+    mean_diag = torch.mean(torch.diag(hessian))
+    eye = torch.eye(hessian.shape[0], device=hessian.device, dtype=hessian.dtype)
+    for attempt in range(max_retries + 1):
+        dampened = hessian + damp_fraction * mean_diag * eye
+        factor, info = torch.linalg.cholesky_ex(dampened)
+        if info == 0:
+            inverse = torch.cholesky_inverse(factor)
+            upper, info = torch.linalg.cholesky_ex(inverse, upper=True)
+            if info == 0:
+                return upper, damp_fraction
+        if attempt < max_retries:
+            log.warning(
+                "Cholesky decomposition failed for %s with dampening %.3g; retrying with %.3g "
+                "(more calibration samples usually avoid this)",
+                where, damp_fraction, damp_fraction * 10,
+            )
+        damp_fraction *= 10
+    raise HyperpruneError(
+        f"Cholesky decomposition failed for {where} even with dampening {damp_fraction / 10:.3g}; "
+        "the Hessian is degenerate: use more calibration samples (--nsamples) or a larger --percdamp"
+    )
+
+
+def sparsegpt_prune(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    target: SparsityTarget,
+    options: SparseGPTOptions = SparseGPTOptions(),
+    where: str = "layer",
+) -> SparseGPTResult:
+    """Prune ``weight`` [d_out, d_in] given H = 2XXᵀ/n [d_in, d_in] (SparseGPT, Alg. 1).
+
+    Columns are processed left to right in lazy blocks of ``blocksize``. n:m groups are
+    chosen when the scan reaches a group's first column, by the OBS saliency
+    w² / [H⁻¹]_jj² (Eq. 3), and the remaining columns absorb the error (Eq. 2).
+    """
+    W = weight.detach().clone().float()
+    H = hessian.detach().clone().float()
+    rows, cols = W.shape
+    # Inputs that were always zero carry no information; pin them so H stays invertible.
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    Hinv, used_damp = inverse_hessian_cholesky(H, options.percdamp, options.max_damp_retries, where)
+
+    pruned = torch.zeros_like(W, dtype=torch.bool)
+    losses = torch.zeros(rows, device=W.device)
+    pattern = target.pattern
+    for i1 in range(0, cols, options.blocksize):
+        i2 = min(i1 + options.blocksize, cols)
+        count = i2 - i1
+        W1 = W[:, i1:i2].clone()
+        Q1 = torch.zeros_like(W1)
+        Err1 = torch.zeros_like(W1)
+        Hinv1 = Hinv[i1:i2, i1:i2]
+        d1 = torch.diag(Hinv1)
+        if pattern is None:
+            # Unstructured: one threshold for the whole column block (original SparseGPT).
+            saliency = W1**2 / d1.reshape(1, -1) ** 2
+            n_prune = int(saliency.numel() * target.sparsity)
+            mask1 = torch.zeros_like(W1, dtype=torch.bool)
+            if n_prune:
+                order = torch.sort(saliency.reshape(-1), stable=True).indices[:n_prune]
+                mask1.view(-1)[order] = True
+        else:
+            mask1 = torch.zeros_like(W1, dtype=torch.bool)
+        for i in range(count):
+            w = W1[:, i]
+            d = Hinv1[i, i]
+            if pattern is not None and i % pattern.m == 0:
+                group = W1[:, i : i + pattern.m] ** 2 / d1[i : i + pattern.m].reshape(1, -1) ** 2
+                # Prune the m-n least salient; a stable sort breaks ties toward the lower column.
+                order = torch.sort(group, dim=1, stable=True).indices[:, : pattern.m - pattern.n]
+                mask1.scatter_(1, i + order, True)
+            q = w.clone()
+            q[mask1[:, i]] = 0.0
+            Q1[:, i] = q
+            losses += (w - q) ** 2 / d**2 / 2
+            err = (w - q) / d
+            W1[:, i:] -= err.unsqueeze(1) @ Hinv1[i, i:].unsqueeze(0)  # Eq. 2: OBS update
+            Err1[:, i] = err
+        W[:, i1:i2] = Q1
+        pruned[:, i1:i2] = mask1
+        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]  # lazy batch update of the later columns
+    W[pruned] = 0.0
+    return SparseGPTResult(W.to(weight.dtype), ~pruned, float(losses.sum()), used_damp)
+
+
+@register_method("sparsegpt")
+class SparseGPT(PruningMethod):
+    statistics = StatisticsKind.HESSIAN
+
+    def prune_linear(self, linear, stats, target, where) -> torch.Tensor:
+        result = sparsegpt_prune(linear.weight.data, stats.hessian(), target, self.config.sparsegpt, where)
+        linear.weight.data.copy_(result.weight)
+        return result.mask

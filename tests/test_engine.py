@@ -1,0 +1,144 @@
+import pytest
+import torch
+
+from conftest import tiny_model
+from hyperprune.config import PruneConfig, SparsityTarget
+from hyperprune.engine import run_layerwise
+from hyperprune.masks import count_nm_violations
+from hyperprune.methods import METHODS, get_method
+from hyperprune.models import COMPONENTS, layout_for, prunable_weight_names
+
+CPU = torch.device("cpu")
+
+
+def calib_ids(nsamples=4, seqlen=24, vocab=256, seed=0):
+    return torch.randint(0, vocab, (nsamples, seqlen), generator=torch.Generator().manual_seed(seed))
+
+
+def run(model, method, target="2:4", nsamples=4, **kwargs):
+    target = SparsityTarget(pattern=target) if ":" in str(target) else SparsityTarget(sparsity=float(target))
+    config = PruneConfig(method=method, target=target, nsamples=nsamples)
+    layout = layout_for(model.config.model_type)
+    return run_layerwise(model, layout, get_method(method)(config), calib_ids(nsamples), CPU, progress=False, **kwargs)
+
+
+@pytest.mark.parametrize("model_type", ["llama", "mistral", "qwen2"])
+def test_pass_through_reproduces_the_models_hidden_states(model_type):
+    """Pruning nothing must reproduce the model exactly, for every sample. This fails if
+    state leaks between samples (e.g. a KV cache shared across replayed samples)."""
+    model = tiny_model(model_type)
+    ids = calib_ids(5)
+    with torch.no_grad():
+        expected = model.model(input_ids=ids, use_cache=False).last_hidden_state
+    layout = layout_for(model_type)
+    result = run_layerwise(model, layout, get_method("dense")(PruneConfig(method="dense")), ids, CPU, progress=False)
+    with torch.no_grad():
+        got = model.model.norm(result.final_hidden)
+    assert torch.allclose(got, expected, atol=1e-5, rtol=1e-4)
+    assert all(b.rel_output_error == 0 for b in result.blocks)
+
+
+def test_pass_through_detects_a_leaking_cache():
+    """Guard for the guard: replaying blocks with a shared cache really changes the result,
+    so the test above can fail."""
+    from transformers import DynamicCache
+
+    from hyperprune.engine.capture import capture_block_inputs
+
+    model = tiny_model("llama")
+    layout = layout_for("llama")
+    ids = calib_ids(3)
+    captured = capture_block_inputs(model, layout, ids, CPU, CPU)
+    block = model.model.layers[0]
+    clean = block(captured.hidden[1:2], **captured.kwargs)
+    cache = DynamicCache(config=model.config)
+    leaky_kwargs = {**captured.kwargs, "past_key_values": cache, "use_cache": True}
+    block(captured.hidden[0:1], **leaky_kwargs)
+    leaky = block(captured.hidden[1:2], **leaky_kwargs)
+    clean = clean[0] if isinstance(clean, tuple) else clean
+    leaky = leaky[0] if isinstance(leaky, tuple) else leaky
+    assert not torch.allclose(clean, leaky, atol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
+@pytest.mark.parametrize("pattern", ["2:4", "1:4", "4:8"])
+def test_every_method_yields_exact_nm_everywhere(method, pattern):
+    model = tiny_model("llama")
+    result = run(model, method, pattern)
+    n, m = map(int, pattern.split(":"))
+    params = dict(model.named_parameters())
+    names = prunable_weight_names(model, layout_for("llama"))
+    assert set(result.masks) == set(names)
+    for name in names:
+        weight = params[name].detach()
+        assert count_nm_violations(weight, n, m) == 0, name
+        assert torch.all(weight[~result.masks[name]] == 0)
+        assert result.masks[name].sum() == weight.numel() * n // m
+    assert len(result.layers) == 3 * len(COMPONENTS)
+    for record in result.layers:
+        assert record.sparsity == pytest.approx(1 - n / m, abs=1e-6)
+        assert 0 < record.rel_error < 1
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
+def test_unstructured_sparsity(method):
+    model = tiny_model("llama")
+    result = run(model, method, "0.6")
+    for record in result.layers:
+        assert record.sparsity == pytest.approx(0.6, abs=0.02)
+
+
+def test_methods_rank_as_expected_on_block_error():
+    """On the calibration data itself, data-aware methods reconstruct better than magnitude,
+    and SparseGPT (which updates weights) best of all."""
+    errors = {}
+    for method in ["magnitude", "wanda", "sparsegpt"]:
+        result = run(tiny_model("llama", seed=1), method, nsamples=8)
+        errors[method] = sum(b.rel_output_error for b in result.blocks)
+    assert errors["sparsegpt"] < errors["wanda"] < errors["magnitude"]
+
+
+def test_wanda_uses_input_norms():
+    """Scaling one input channel up must make Wanda keep its weights."""
+    from hyperprune.engine.statistics import InputStatistics, StatisticsKind
+    from hyperprune.methods.wanda import Wanda
+
+    linear = torch.nn.Linear(8, 4, bias=False)
+    torch.nn.init.constant_(linear.weight, 1.0)
+    linear.weight.data[:, 0] = 0.5  # smallest magnitude in its group...
+    stats = InputStatistics(8, StatisticsKind.NORMS)
+    x = torch.ones(10, 8)
+    x[:, 0] = 100.0  # ...but the largest input
+    stats.add(x)
+    mask = Wanda(PruneConfig(method="wanda")).prune_linear(linear, stats, SparsityTarget(pattern="2:4"), "t")
+    assert mask[:, 0].all()
+
+
+def test_statistics_moments_and_hessian():
+    from hyperprune.engine.statistics import InputStatistics, StatisticsKind
+
+    x = torch.randn(2, 50, 6)
+    stats = InputStatistics(6, StatisticsKind.HESSIAN)
+    stats.add(x[0])
+    stats.add(x[1])
+    flat = x.reshape(-1, 6)
+    assert stats.n_tokens == 100
+    assert torch.allclose(stats.hessian(), 2 * flat.T @ flat / 100, atol=1e-5)
+    assert torch.allclose(stats.mean, flat.mean(0), atol=1e-6)
+    assert torch.allclose(stats.variance, flat.var(0, unbiased=False), atol=1e-5)
+    assert torch.allclose(stats.column_norms, flat.norm(dim=0), atol=1e-5)
+
+
+def test_same_seed_same_masks():
+    a = run(tiny_model("llama"), "sparsegpt")
+    b = run(tiny_model("llama"), "sparsegpt")
+    assert all(torch.equal(a.masks[k], b.masks[k]) for k in a.masks)
+
+
+def test_registry_has_the_baselines_and_rejects_duplicates():
+    from hyperprune.methods import register_method
+    from hyperprune.methods.base import PruningMethod
+
+    assert {"dense", "magnitude", "wanda", "sparsegpt"} <= set(METHODS)
+    with pytest.raises(ValueError, match="twice"):
+        register_method("wanda")(type("Again", (PruningMethod,), {}))
