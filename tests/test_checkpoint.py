@@ -1,0 +1,91 @@
+import json
+from importlib import metadata
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from conftest import tiny_model
+from hyperprune.api import prune
+from hyperprune.config import PruneConfig, SparsityTarget
+from hyperprune.engine import run_layerwise
+from hyperprune.export import MASKS_FILE, load_masks, save_checkpoint, save_masks, verify_checkpoint
+from hyperprune.methods import get_method
+from hyperprune.models import layout_for
+
+
+def test_save_load_gives_the_same_logits(tmp_path, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    model = tiny_model("llama")
+    config = PruneConfig(method="wanda", nsamples=4)
+    ids = torch.randint(0, 256, (4, 16), generator=torch.Generator().manual_seed(0))
+    result = run_layerwise(model, layout_for("llama"), get_method("wanda")(config), ids, torch.device("cpu"), progress=False)
+    save_checkpoint(model, tokenizer, result.masks, {"pattern": "2:4"}, tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, reloaded(ids).logits)
+    masks = load_masks(tmp_path / MASKS_FILE)
+    assert all(torch.equal(masks[k], result.masks[k]) for k in result.masks)
+    assert verify_checkpoint(tmp_path).ok
+
+
+def test_mask_file_is_bit_packed(tmp_path):
+    masks = {"a.weight": torch.rand(16, 64) > 0.5}
+    save_masks(masks, tmp_path / "m.safetensors")
+    with safe_open(str(tmp_path / "m.safetensors"), framework="pt") as f:
+        assert f.get_tensor("a.weight").numel() == 16 * 64 // 8
+    assert torch.equal(load_masks(tmp_path / "m.safetensors")["a.weight"], masks["a.weight"])
+
+
+@pytest.fixture
+def pruned_dir(tmp_path, tiny_model_dir, calib_file):
+    out = tmp_path / "out"
+    config = PruneConfig(model=str(tiny_model_dir), method="sparsegpt", calib=str(calib_file), nsamples=4, seqlen=32)
+    report = prune(config, output=out, progress=False)
+    return out, report
+
+
+def test_prune_writes_a_loadable_checkpoint_with_report(pruned_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out, report = pruned_dir
+    assert (out / "config.json").is_file() and (out / MASKS_FILE).is_file()
+    assert AutoTokenizer.from_pretrained(out) is not None
+    model = AutoModelForCausalLM.from_pretrained(out)
+    on_disk = json.loads((out / "report.json").read_text())
+    for key in ("method", "pattern", "seed", "nsamples", "seqlen", "calib", "global_sparsity", "layers", "blocks",
+                "wall_seconds", "peak_rss_bytes", "versions", "config"):
+        assert key in on_disk, key
+    assert on_disk["pattern"] == "2:4" and on_disk["seqlen"] == 32 and on_disk["nsamples"] == 4
+    assert on_disk["global_sparsity"] == pytest.approx(0.5)
+    assert on_disk["nm_valid"] is True
+    assert on_disk["versions"]["torch"] == metadata.version("torch")
+    assert on_disk["versions"]["transformers"] == metadata.version("transformers")
+    assert len(on_disk["layers"]) == 3 * 7 and all("rel_error" in r for r in on_disk["layers"])
+    assert on_disk["peak_rss_bytes"] > 0
+    q = model.model.layers[0].self_attn.q_proj.weight
+    assert float((q == 0).float().mean()) == pytest.approx(0.5)
+    assert not list(out.parent.glob(".out.tmp-*"))
+
+
+def test_verify_fails_on_a_tampered_weight(pruned_dir):
+    from hyperprune.cli import main
+
+    out, _ = pruned_dir
+    assert main(["verify", str(out)]) == 0
+    shard = out / "model.safetensors"
+    with safe_open(str(shard), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        meta = f.metadata()
+    name = "model.layers.1.mlp.down_proj.weight"
+    weight = tensors[name].clone()
+    weight[0, :4] = 1.0  # a whole 4-group dense again
+    tensors[name] = weight
+    save_file(tensors, str(shard), metadata=meta)
+    result = verify_checkpoint(out)
+    assert not result.ok
+    bad = [c for c in result.layers if c.violations]
+    assert [c.name for c in bad] == [name] and bad[0].violations == 1
+    assert main(["verify", str(out)]) == 1

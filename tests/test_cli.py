@@ -1,0 +1,167 @@
+"""Every bad input: non-zero exit, a one-line actionable error, no output left behind."""
+
+import json
+
+import pytest
+
+from conftest import tiny_model
+from hyperprune.cli import main
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_clean_failure(code, err, out_dir, *needles):
+    assert code != 0
+    lines = [line for line in err.strip().splitlines() if line.startswith("hyperprune: error:")]
+    assert len(lines) == 1, err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    if out_dir is not None:
+        assert not out_dir.exists() or not any(out_dir.iterdir())
+        assert not list(out_dir.parent.glob(f".{out_dir.name}.tmp-*"))
+
+
+@pytest.fixture
+def base_args(tiny_model_dir, calib_file, tmp_path):
+    out = tmp_path / "out"
+    return out, ["prune", "--model", str(tiny_model_dir), "--calib", str(calib_file), "--nsamples", "2",
+                 "--seqlen", "32", "--quiet", "--output", str(out)]
+
+
+@pytest.mark.parametrize("pattern", ["3:2", "0:4", "4:4", "a:b"])
+def test_bad_pattern(capsys, base_args, pattern):
+    out, args = base_args
+    code, _, err = run_cli(capsys, *args, "--pattern", pattern)
+    assert_clean_failure(code, err, out, pattern)
+
+
+def test_pattern_and_sparsity_together(capsys, base_args):
+    out, args = base_args
+    code, _, err = run_cli(capsys, *args, "--pattern", "2:4", "--sparsity", "0.5")
+    assert_clean_failure(code, err, out, "--sparsity")
+
+
+def test_missing_model_path(capsys, base_args, tmp_path):
+    out, args = base_args
+    args[2] = str(tmp_path / "nope")
+    code, _, err = run_cli(capsys, *args)
+    assert_clean_failure(code, err, out, "does not exist")
+
+
+def test_unknown_model_name(capsys, base_args):
+    out, args = base_args
+    args[2] = "not-a-model"
+    code, _, err = run_cli(capsys, *args)
+    assert_clean_failure(code, err, out, "unknown model 'not-a-model'", "smollm2-135m")
+
+
+def test_unsupported_architecture(capsys, base_args, tmp_path, tokenizer):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    gpt2 = tmp_path / "gpt2"
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=256, n_positions=64)).save_pretrained(gpt2)
+    tokenizer.save_pretrained(gpt2)
+    out, args = base_args
+    args[2] = str(gpt2)
+    code, _, err = run_cli(capsys, *args)
+    assert_clean_failure(code, err, out, "'gpt2' is not supported", "llama", "mistral", "qwen2")
+
+
+def test_empty_calibration_text(capsys, base_args, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("   \n")
+    out, args = base_args
+    args[4] = str(empty)
+    code, _, err = run_cli(capsys, *args)
+    assert_clean_failure(code, err, out, "empty")
+
+
+def test_too_short_calibration_text(capsys, base_args, tmp_path):
+    short = tmp_path / "short.txt"
+    short.write_text("The quick brown fox.")
+    out, args = base_args
+    args[4] = str(short)
+    code, _, err = run_cli(capsys, *args)
+    assert_clean_failure(code, err, out, "--seqlen")
+
+
+def test_seqlen_beyond_context(capsys, base_args):
+    out, args = base_args
+    code, _, err = run_cli(capsys, *args, "--seqlen", "4096")
+    assert_clean_failure(code, err, out, "context length 128")
+
+
+def test_non_empty_output_without_overwrite(capsys, base_args):
+    out, args = base_args
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    code, _, err = run_cli(capsys, *args)
+    assert code != 0 and "--overwrite" in err
+    assert (out / "keep.txt").read_text() == "precious"
+    code, stdout, err = run_cli(capsys, *args, "--overwrite", "--method", "magnitude")
+    assert code == 0, err
+    assert not (out / "keep.txt").exists() and (out / "report.json").is_file()
+
+
+def test_unknown_method(capsys, base_args):
+    out, args = base_args
+    code, _, err = run_cli(capsys, *args, "--method", "nope")
+    assert_clean_failure(code, err, out, "unknown method 'nope'", "sparsegpt")
+
+
+def test_failure_midway_leaves_no_output(capsys, base_args, monkeypatch):
+    """An error after pruning started (here: while saving) removes the staging directory."""
+    import hyperprune.api as api
+
+    def broken_save(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(api, "save_checkpoint", broken_save)
+    out, args = base_args
+    with pytest.raises(OSError):
+        main(args)
+    assert not out.exists()
+    assert not list(out.parent.glob(".out.tmp-*"))
+
+
+def test_prune_eval_verify_compare_happy_path(capsys, base_args, tmp_path, calib_file, tiny_model_dir):
+    out, args = base_args
+    report_json = tmp_path / "r.json"
+    code, stdout, err = run_cli(capsys, *args, "--eval", str(calib_file), "--eval-windows", "3", "--json", str(report_json))
+    assert code == 0, err
+    assert "PPL pruned" in stdout
+    report = json.loads(report_json.read_text())
+    assert report["eval"]["windows"] == 3 and report["eval"]["ppl_pruned"] > 0
+
+    code, stdout, err = run_cli(capsys, "verify", str(out))
+    assert code == 0 and "OK" in stdout
+
+    eval_json = tmp_path / "e.json"
+    code, _, err = run_cli(capsys, "eval", "--model", str(out), "--eval", str(calib_file), "--seqlen", "32",
+                           "--eval-windows", "3", "--quiet", "--json", str(eval_json))
+    assert code == 0, err
+    ev = json.loads(eval_json.read_text())
+    assert set(ev) >= {"model", "eval", "seqlen", "tokens", "ppl"}
+    assert ev["tokens"] == 3 * 31 and ev["ppl"] == pytest.approx(report["eval"]["ppl_pruned"], rel=1e-5)
+
+    cmp_json = tmp_path / "c.json"
+    code, stdout, err = run_cli(capsys, "compare", "--model", str(tiny_model_dir), "--methods", "dense,magnitude,wanda,sparsegpt",
+                                "--calib", str(calib_file), "--eval", str(calib_file), "--nsamples", "4", "--seqlen", "32",
+                                "--eval-windows", "4", "--quiet", "--json", str(cmp_json))
+    assert code == 0, err
+    cmp = json.loads(cmp_json.read_text())
+    assert set(cmp) >= {"model", "pattern", "seqlen", "calib", "eval", "methods"}
+    assert list(cmp["methods"]) == ["dense", "magnitude", "wanda", "sparsegpt"]
+    for name, entry in cmp["methods"].items():
+        assert set(entry) >= {"ppl", "prune_seconds", "peak_rss_bytes", "global_sparsity", "nm_valid"}
+        assert isinstance(entry["peak_rss_bytes"], int) and isinstance(entry["nm_valid"], bool)
+        assert entry["nm_valid"] is (name != "dense")
+    # compare restores the dense weights before each method: its dense PPL is the eval PPL.
+    code, _, _ = run_cli(capsys, "eval", "--model", str(tiny_model_dir), "--eval", str(calib_file), "--seqlen", "32",
+                         "--eval-windows", "4", "--quiet", "--json", str(eval_json))
+    assert cmp["methods"]["dense"]["ppl"] == pytest.approx(json.loads(eval_json.read_text())["ppl"], rel=1e-6)
+    assert cmp["methods"]["magnitude"]["ppl"] != cmp["methods"]["sparsegpt"]["ppl"]
