@@ -149,8 +149,10 @@ def test_prune_eval_verify_compare_happy_path(capsys, base_args, tmp_path, calib
     assert ev["tokens"] == 3 * 31 and ev["ppl"] == pytest.approx(report["eval"]["ppl_pruned"], rel=1e-5)
 
     cmp_json = tmp_path / "c.json"
+    other_eval = tmp_path / "other.txt"
+    other_eval.write_text("All that glitters is not gold; a journey begins with a single step. " * 40)
     code, stdout, err = run_cli(capsys, "compare", "--model", str(tiny_model_dir), "--methods", "dense,magnitude,wanda,sparsegpt",
-                                "--calib", str(calib_file), "--eval", str(calib_file), "--nsamples", "4", "--seqlen", "32",
+                                "--calib", str(calib_file), "--eval", f"{calib_file},{other_eval}", "--nsamples", "4", "--seqlen", "32",
                                 "--eval-windows", "4", "--quiet", "--json", str(cmp_json))
     assert code == 0, err
     cmp = json.loads(cmp_json.read_text())
@@ -160,6 +162,9 @@ def test_prune_eval_verify_compare_happy_path(capsys, base_args, tmp_path, calib
         assert set(entry) >= {"ppl", "prune_seconds", "peak_rss_bytes", "global_sparsity", "nm_valid"}
         assert isinstance(entry["peak_rss_bytes"], int) and isinstance(entry["nm_valid"], bool)
         assert entry["nm_valid"] is (name != "dense")
+        assert list(entry["ppl_by_eval"]) == [str(calib_file), str(other_eval)]
+        assert entry["ppl"] == entry["ppl_by_eval"][str(calib_file)]
+        assert entry["ppl_by_eval"][str(other_eval)] != entry["ppl"]
     # compare restores the dense weights before each method: its dense PPL is the eval PPL.
     code, _, _ = run_cli(capsys, "eval", "--model", str(tiny_model_dir), "--eval", str(calib_file), "--seqlen", "32",
                          "--eval-windows", "4", "--quiet", "--json", str(eval_json))

@@ -15,6 +15,7 @@ import torch
 from hyperprune.config import DEFAULT_EVAL, MAX_DEFAULT_SEQLEN, PruneConfig
 from hyperprune.data import BOS_PER_WINDOW, calibration_windows, evaluation_windows, load_text_source
 from hyperprune.engine import LayerwiseResult, PeakMemory, run_layerwise
+from hyperprune.engine.memory import current_rss_bytes
 from hyperprune.errors import HyperpruneError
 from hyperprune.eval import evaluate_perplexity
 from hyperprune.export import atomic_output_dir, check_output_dir, save_checkpoint, write_json_atomic
@@ -233,7 +234,7 @@ def compare(
     methods: list[str],
     config: PruneConfig | None = None,
     *,
-    eval_source: str = DEFAULT_EVAL,
+    eval_source: str | list[str] = DEFAULT_EVAL,
     eval_windows: int | None = None,
     progress: bool = True,
     trust_remote_code: bool = False,
@@ -242,8 +243,12 @@ def compare(
 
     The model loads once; its dense prunable weights are restored before each method.
     ``dense`` means the unpruned model. Peak RSS is this process's, during that method.
+    Several evaluation sources may be given: ``ppl`` is on the first, ``ppl_by_eval`` on all.
     """
     config = config or PruneConfig()
+    eval_sources = [eval_source] if isinstance(eval_source, str) else list(eval_source)
+    if not eval_sources:
+        raise HyperpruneError("--eval is empty; give one or more comma-separated sources")
     if not methods:
         raise HyperpruneError("--methods is empty; give a comma-separated list such as dense,wanda,sparsegpt")
     for name in methods:
@@ -252,7 +257,8 @@ def compare(
     device = resolve_device(config.device)
     loaded, seqlen = load_for(config, trust_remote_code)
     calib = calibration_ids(loaded, config, seqlen)
-    evaluation = eval_ids(loaded, eval_source, seqlen, eval_windows)
+    evaluations = {source: eval_ids(loaded, source, seqlen, eval_windows) for source in eval_sources}
+    primary = evaluations[eval_sources[0]]
     originals = {name: w.detach().clone() for name, w in prunable_weights(loaded.model, loaded).items()}
 
     out: dict[str, Any] = {
@@ -260,11 +266,12 @@ def compare(
         "pattern": str(config.target),
         "seqlen": seqlen,
         "calib": config.calib,
-        "eval": eval_source,
+        "eval": eval_sources[0],
+        "evals": {source: {"windows": int(w.shape[0]), "tokens": int(w.shape[0] * (seqlen - 1))} for source, w in evaluations.items()},
         "nsamples": config.nsamples,
         "seed": config.seed,
-        "eval_windows": int(evaluation.shape[0]),
-        "eval_tokens": int(evaluation.shape[0] * (seqlen - 1)),
+        "eval_windows": int(primary.shape[0]),
+        "eval_tokens": int(primary.shape[0] * (seqlen - 1)),
         "bos_per_window": BOS_PER_WINDOW,
         "methods": {},
         "config": json.loads(config.model_dump_json()),
@@ -277,7 +284,8 @@ def compare(
                 weight.copy_(originals[key])
         entry: dict[str, Any]
         if name == "dense":
-            entry = {"prune_seconds": 0.0, "peak_rss_bytes": 0, "global_sparsity": 0.0, "nm_valid": False}
+            # Nothing is pruned: the process's resident memory with model and data loaded.
+            entry = {"prune_seconds": 0.0, "peak_rss_bytes": current_rss_bytes(), "global_sparsity": 0.0, "nm_valid": False}
         else:
             run = run_method(loaded, config.model_copy(update={"method": name}), calib, progress)
             entry = {
@@ -287,10 +295,10 @@ def compare(
                 "nm_valid": nm_valid(loaded, config),
                 "mean_block_rel_output_error": run_report(run)["mean_block_rel_output_error"],
             }
-        ppl = evaluate_perplexity(loaded.model, evaluation, device, progress)
+        by_eval = {source: evaluate_perplexity(loaded.model, w, device, progress).ppl for source, w in evaluations.items()}
         loaded.model.to("cpu")
-        out["methods"][name] = {"ppl": ppl.ppl, **entry}
-        log.info("%s: ppl %.3f", name, ppl.ppl)
+        out["methods"][name] = {"ppl": by_eval[eval_sources[0]], **entry, "ppl_by_eval": by_eval}
+        log.info("%s: ppl %s", name, by_eval)
     return out
 
 

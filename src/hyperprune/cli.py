@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default="dense,magnitude,wanda,sparsegpt", help=f"comma-separated, from: dense, {methods}")
     _add_pruning(p)
     _add_eval(p, DEFAULT_EVAL)
-    p.add_argument("--json", default=None, metavar="FILE", help="write the comparison as JSON")
+    p.add_argument("--json", default=None, metavar="FILE", help="write the comparison as JSON (ppl is on the first --eval source)")
     return parser
 
 
@@ -204,23 +204,27 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from hyperprune.api import compare, write_json
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    eval_sources = [e.strip() for e in args.eval.split(",") if e.strip()]
     config = _config(args, "dense")
     result = compare(
         methods,
         config,
-        eval_source=args.eval,
+        eval_source=eval_sources,
         eval_windows=args.eval_windows,
         progress=not args.quiet,
         trust_remote_code=args.trust_remote_code,
     )
     print(
         f"model {result['model']}, pattern {result['pattern']}, calib {result['calib']} "
-        f"({result['nsamples']} x {result['seqlen']}), eval {result['eval']} ({result['eval_tokens']} tokens)"
+        f"({result['nsamples']} x {result['seqlen']}), eval "
+        + ", ".join(f"{source} ({e['tokens']} tokens)" for source, e in result["evals"].items())
     )
     rows = []
     for name, r in result["methods"].items():
-        rows.append([name, f"{r['ppl']:.3f}", f"{r['global_sparsity']:.3f}", r["nm_valid"], f"{r['prune_seconds']:.1f}", _gib(r["peak_rss_bytes"])])
-    _print_table(["method", "PPL", "sparsity", "n:m valid", "prune s", "peak RSS"], rows)
+        ppls = [f"{r['ppl_by_eval'][source]:.3f}" for source in result["evals"]]
+        rows.append([name, *ppls, f"{r['global_sparsity']:.3f}", r["nm_valid"], f"{r['prune_seconds']:.1f}", _gib(r["peak_rss_bytes"])])
+    headers = ["method", *[f"PPL {source}" for source in result["evals"]], "sparsity", "n:m valid", "prune s", "peak RSS"]
+    _print_table(headers, rows)
     if args.json:
         write_json(args.json, result)
     return 0
