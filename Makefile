@@ -33,7 +33,8 @@ test-all: install
 
 benchmark: install
 	$(VENV)/bin/hyperprune compare --methods dense,magnitude,wanda,sparsegpt --pattern 2:4 \
-		--nsamples 32 --seqlen 512 --eval-windows 40 --json runs/compare-2of4.json
+		--nsamples 32 --seqlen 512 --eval sotu,brown-test,shakespeare --eval-windows 40 \
+		--json benchmarks/results/compare-2of4-smollm2.json
 
 clean:
 	rm -rf $(VENV) runs
