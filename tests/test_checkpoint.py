@@ -6,29 +6,42 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from conftest import tiny_model
 from hyperprune.api import prune
 from hyperprune.config import PruneConfig, SparsityTarget
 from hyperprune.engine import run_layerwise
-from hyperprune.export import MASKS_FILE, load_masks, save_checkpoint, save_masks, verify_checkpoint
+from hyperprune.export import MASKS_FILE, load_masks, save_masks, verify_checkpoint
 from hyperprune.methods import get_method
 from hyperprune.models import layout_for
 
 
-def test_save_load_gives_the_same_logits(tmp_path, tokenizer):
+@pytest.mark.parametrize("stream", [False, True])
+def test_save_load_gives_the_same_logits(tmp_path, tiny_model_dir, calib_file, stream):
+    """The saved checkpoint (streamed or held in memory) reloads to the very model the
+    engine pruned in memory."""
     from transformers import AutoModelForCausalLM
 
-    model = tiny_model("llama")
-    config = PruneConfig(method="wanda", nsamples=4)
-    ids = torch.randint(0, 256, (4, 16), generator=torch.Generator().manual_seed(0))
-    result = run_layerwise(model, layout_for("llama"), get_method("wanda")(config), ids, torch.device("cpu"), progress=False)
-    save_checkpoint(model, tokenizer, result.masks, {"pattern": "2:4"}, tmp_path)
-    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    from hyperprune.api import calibration_ids, load_for
+
+    config = PruneConfig(model=str(tiny_model_dir), method="sparsegpt", calib=str(calib_file), nsamples=4, seqlen=32,
+                         stream=stream)
+    out = tmp_path / "out"
+    prune(config, output=out, progress=False)
+
+    loaded, seqlen = load_for(config)
+    ids = calibration_ids(loaded, config, seqlen)
+    result = run_layerwise(loaded.model, loaded.layout, get_method("sparsegpt")(config), ids, torch.device("cpu"), progress=False)
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
     with torch.no_grad():
-        assert torch.equal(model(ids).logits, reloaded(ids).logits)
-    masks = load_masks(tmp_path / MASKS_FILE)
+        assert torch.equal(loaded.model(ids).logits, reloaded(ids).logits)
+    masks = load_masks(out / MASKS_FILE)
+    assert set(masks) == set(result.masks)
     assert all(torch.equal(masks[k], result.masks[k]) for k in result.masks)
-    assert verify_checkpoint(tmp_path).ok
+    assert verify_checkpoint(out).ok
+    assert json.loads((out / "report.json").read_text())["streamed"] is stream
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("model")) == [
+        "model-00001-of-00004.safetensors", "model-00002-of-00004.safetensors", "model-00003-of-00004.safetensors",
+        "model-00004-of-00004.safetensors", "model.safetensors.index.json"]
+    assert not (out / "state").exists() and not (out / "checkpoint.json").exists()
 
 
 def test_mask_file_is_bit_packed(tmp_path):
@@ -75,7 +88,7 @@ def test_verify_fails_on_a_tampered_weight(pruned_dir):
 
     out, _ = pruned_dir
     assert main(["verify", str(out)]) == 0
-    shard = out / "model.safetensors"
+    shard = out / "model-00002-of-00004.safetensors"
     with safe_open(str(shard), framework="pt") as f:
         tensors = {k: f.get_tensor(k) for k in f.keys()}
         meta = f.metadata()

@@ -113,21 +113,6 @@ def test_unknown_method(capsys, base_args):
     assert_clean_failure(code, err, out, "unknown method 'nope'", "sparsegpt")
 
 
-def test_failure_midway_leaves_no_output(capsys, base_args, monkeypatch):
-    """An error after pruning started (here: while saving) removes the staging directory."""
-    import hyperprune.api as api
-
-    def broken_save(*args, **kwargs):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(api, "save_checkpoint", broken_save)
-    out, args = base_args
-    with pytest.raises(OSError):
-        main(args)
-    assert not out.exists()
-    assert not list(out.parent.glob(".out.tmp-*"))
-
-
 def test_prune_eval_verify_compare_happy_path(capsys, base_args, tmp_path, calib_file, tiny_model_dir):
     out, args = base_args
     report_json = tmp_path / "r.json"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -15,13 +16,19 @@ import torch
 from hyperprune.config import DEFAULT_EVAL, MAX_DEFAULT_SEQLEN, PruneConfig
 from hyperprune.data import BOS_PER_WINDOW, calibration_windows, evaluation_windows, load_text_source
 from hyperprune.engine import LayerwiseResult, PeakMemory, run_layerwise
+from hyperprune.engine.blocks import BlockStore, StreamedBlocks
+from hyperprune.engine.checkpoint import RunCheckpoint, partial_dir_for
 from hyperprune.engine.memory import current_rss_bytes
 from hyperprune.errors import HyperpruneError
 from hyperprune.eval import evaluate_perplexity
-from hyperprune.export import atomic_output_dir, check_output_dir, save_checkpoint, write_json_atomic
-from hyperprune.masks import count_nm_violations
+from hyperprune.export import check_output_dir, write_json_atomic
+from hyperprune.export.assemble import assemble_output
+from hyperprune.export.shards import io_error
 from hyperprune.methods import get_method
-from hyperprune.models import LoadedModel, context_length, load_model, prunable_weight_names
+from hyperprune.models import LoadedModel, context_length, decoder_blocks, load_model, prunable_weight_names
+from hyperprune.models.architectures import torch_dtype
+from hyperprune.models.loading import can_stream, load_skeleton, resolve_model
+from hyperprune.models.shards import ShardReader
 from hyperprune.report import environment, library_versions
 
 log = logging.getLogger(__name__)
@@ -52,7 +59,7 @@ def resolve_seqlen(requested: int | None, model_config) -> int:
 
 @dataclass
 class PruneRun:
-    """One method applied to a loaded model: the engine's result plus cost."""
+    """One method applied to a model: the engine's result plus cost."""
 
     method: str
     result: LayerwiseResult
@@ -65,37 +72,52 @@ class PruneRun:
         total = sum(r.shape[0] * r.shape[1] for r in self.result.layers)
         return zeros / total if total else 0.0
 
+    def nm_valid(self) -> bool:
+        """Every prunable matrix is exactly n:m (false for unstructured runs and skipped blocks)."""
+        return not self.result.skipped and all(r.nm_violations == 0 for r in self.result.layers)
+
 
 def prunable_weights(model, loaded: LoadedModel) -> dict[str, torch.Tensor]:
     state = dict(model.named_parameters())
     return {name: state[name] for name in prunable_weight_names(model, loaded.layout)}
 
 
-def nm_valid(loaded: LoadedModel, config: PruneConfig) -> bool:
-    """Every prunable matrix is exactly n:m for the target pattern (false if unstructured)."""
-    pattern = config.target.pattern
-    if pattern is None:
-        return False
-    return all(
-        count_nm_violations(w.detach(), pattern.n, pattern.m) == 0 for w in prunable_weights(loaded.model, loaded).values()
-    )
+def _check_divisible(config: PruneConfig, loaded: LoadedModel) -> None:
+    if config.target.pattern is None:
+        return
+    m = config.target.pattern.m
+    for role, width in _component_inputs(loaded.model.config).items():
+        if width % m:
+            raise HyperpruneError(f"component {role} has {width} input features, not divisible by m={m}; choose another --pattern")
 
 
-def run_method(loaded: LoadedModel, config: PruneConfig, calib_ids: torch.Tensor, progress: bool = True) -> PruneRun:
-    """Prune ``loaded.model`` in place with ``config.method``, measuring time and memory."""
+def _component_inputs(model_config) -> dict[str, int]:
+    hidden, inter = model_config.hidden_size, model_config.intermediate_size
+    heads = model_config.num_attention_heads
+    head_dim = getattr(model_config, "head_dim", None) or hidden // heads
+    return {"q": hidden, "k": hidden, "v": hidden, "o": heads * head_dim, "gate": hidden, "up": hidden, "down": inter}
+
+
+def run_method(
+    loaded: LoadedModel,
+    config: PruneConfig,
+    calib_ids: torch.Tensor,
+    progress: bool = True,
+    store: BlockStore | None = None,
+    checkpoint: RunCheckpoint | None = None,
+) -> PruneRun:
+    """Prune with ``config.method``, measuring time and memory. In memory unless a
+    streaming ``store`` is given; checkpointed block by block when ``checkpoint`` is."""
     method = get_method(config.method)(config)
-    if config.target.pattern is not None:
-        m = config.target.pattern.m
-        for name, weight in prunable_weights(loaded.model, loaded).items():
-            if weight.shape[1] % m:
-                raise HyperpruneError(f"{name} has {weight.shape[1]} input features, not divisible by m={m}; choose another --pattern")
-    elif not method.supports_unstructured:
+    _check_divisible(config, loaded)
+    if config.target.pattern is None and not method.supports_unstructured:
         raise HyperpruneError(f"method '{config.method}' supports n:m patterns only; use --pattern instead of --sparsity")
     device = resolve_device(config.device)
     start = time.perf_counter()
     with PeakMemory() as memory:
         result = run_layerwise(
-            loaded.model, loaded.layout, method, calib_ids, device, config.offload_activations, progress
+            loaded.model, loaded.layout, method, calib_ids, device, config.offload_activations, progress,
+            store=store, checkpoint=checkpoint, on_nan=config.on_nan,
         )
     seconds = time.perf_counter() - start
     return PruneRun(config.method, result, seconds, memory.peak_rss_bytes, memory.peak_cuda_bytes)
@@ -139,13 +161,57 @@ def base_report(config: PruneConfig, seqlen: int, device: torch.device) -> dict[
 def run_report(run: PruneRun) -> dict[str, Any]:
     return {
         "global_sparsity": run.global_sparsity(),
+        "nm_valid": run.nm_valid(),
         "prune_seconds": run.seconds,
         "peak_rss_bytes": run.peak_rss_bytes,
         "peak_cuda_bytes": run.peak_cuda_bytes,
         "mean_block_rel_output_error": sum(b.rel_output_error for b in run.result.blocks) / max(1, len(run.result.blocks)),
+        "skipped_blocks": run.result.skipped,
+        "resumed_from_block": run.result.resumed_from,
         "blocks": [asdict(b) for b in run.result.blocks],
         "layers": [asdict(r) for r in run.result.layers],
     }
+
+
+def _prepare_partial(output: str | Path, overwrite: bool, resume: bool) -> Path:
+    """The hidden directory beside ``output`` where a run checkpoints its blocks."""
+    partial = partial_dir_for(output)
+    if partial.exists():
+        if not resume:
+            if not overwrite:
+                raise HyperpruneError(
+                    f"an interrupted run of '{output}' exists ({partial}); pass --resume to continue it "
+                    "or --overwrite to start over"
+                )
+            shutil.rmtree(partial)
+    elif resume:
+        log.warning("nothing to resume for '%s'; starting from the first block", output)
+    try:
+        partial.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise io_error(exc, partial) from exc
+    return partial
+
+
+def _fingerprint(config: PruneConfig, seqlen: int, num_blocks: int) -> dict[str, Any]:
+    """What must match for a checkpoint to be resumed (the device may change)."""
+    settings = json.loads(config.model_dump_json(exclude={"device"}))
+    return {"config": settings, "seqlen": seqlen, "num_blocks": num_blocks, "hyperprune": library_versions()["hyperprune"]}
+
+
+def _open_model(config: PruneConfig, output, trust_remote_code: bool) -> tuple[LoadedModel, BlockStore | None, ShardReader | None]:
+    """Stream local safetensors checkpoints when writing an output; hold anything else in memory."""
+    source = resolve_model(config.model)
+    stream = config.stream if config.stream is not None else can_stream(source)
+    if stream and output is None:
+        raise HyperpruneError("streaming writes pruned blocks to disk as it goes; give --output, or pass --no-stream")
+    if stream:
+        if not can_stream(source):
+            raise HyperpruneError(f"--stream needs a local safetensors checkpoint directory; '{config.model}' is not one")
+        loaded = load_skeleton(config.model, config.dtype, trust_remote_code)
+        reader = ShardReader(source.path)
+        return loaded, StreamedBlocks(loaded.model, loaded.layout, reader, torch_dtype(config.dtype)), reader
+    return load_model(config.model, config.dtype, trust_remote_code), None, None
 
 
 def prune(
@@ -153,6 +219,7 @@ def prune(
     *,
     output: str | Path | None = None,
     overwrite: bool = False,
+    resume: bool = False,
     eval_source: str | None = None,
     eval_windows: int | None = None,
     progress: bool = True,
@@ -161,8 +228,11 @@ def prune(
     """Prune a model layer by layer and return the report.
 
     With ``output``, write a Hugging Face checkpoint, ``masks.safetensors`` and
-    ``report.json`` there (atomically). With ``eval_source``, measure perplexity before
-    and after pruning on the same windows.
+    ``report.json`` there. Each block is checkpointed as it finishes, so an interrupted run
+    continues with ``resume=True``. Local safetensors checkpoints are streamed block by block
+    (memory follows one block); other models are held in memory. With ``eval_source``,
+    measure perplexity before and after pruning on the same windows (this needs the whole
+    model in memory).
     """
     config = config or PruneConfig()
     wall_start = time.perf_counter()
@@ -170,32 +240,45 @@ def prune(
     if output is not None:
         check_output_dir(output, overwrite)
     device = resolve_device(config.device)
-    loaded, seqlen = load_for(config, trust_remote_code)
+    loaded, store, reader = _open_model(config, output, trust_remote_code)
+    seqlen = resolve_seqlen(config.seqlen, loaded.model.config)
     calib = calibration_ids(loaded, config, seqlen)
     evaluation = eval_ids(loaded, eval_source, seqlen, eval_windows) if eval_source else None
-
     report = base_report(config, seqlen, device)
+    report["streamed"] = store is not None
+
+    dense_ppl = None
     if evaluation is not None:
-        dense = evaluate_perplexity(loaded.model, evaluation, device, progress)
-        loaded.model.to("cpu")
-    run = run_method(loaded, config, calib, progress)
+        dense_model = load_model(config.model, config.dtype, trust_remote_code).model if store else loaded.model
+        dense_ppl = evaluate_perplexity(dense_model, evaluation, device, progress)
+        dense_model.to("cpu")
+        del dense_model
+
+    checkpoint = None
+    if output is not None:
+        num_blocks = len(decoder_blocks(loaded.model, loaded.layout))
+        partial = _prepare_partial(output, overwrite, resume)
+        checkpoint = RunCheckpoint(partial, _fingerprint(config, seqlen, num_blocks), num_blocks)
+    run = run_method(loaded, config, calib, progress, store=store, checkpoint=checkpoint)
     report.update(run_report(run))
-    report["nm_valid"] = nm_valid(loaded, config)
+    report["wall_seconds"] = time.perf_counter() - wall_start
+    if output is not None:
+        report["output"] = str(output)
+        assemble_output(checkpoint, Path(output), overwrite, loaded.model, loaded.tokenizer, loaded.layout.layers, report, reader)
+
     if evaluation is not None:
-        pruned = evaluate_perplexity(loaded.model, evaluation, device, progress)
-        loaded.model.to("cpu")
+        pruned_model = load_model(str(output), config.dtype).model if store else loaded.model
+        pruned = evaluate_perplexity(pruned_model, evaluation, device, progress)
+        pruned_model.to("cpu")
         report["eval"] = {
             "source": eval_source,
             "windows": pruned.windows,
             "tokens": pruned.tokens,
-            "ppl_dense": dense.ppl,
+            "ppl_dense": dense_ppl.ppl,
             "ppl_pruned": pruned.ppl,
         }
-    report["wall_seconds"] = time.perf_counter() - wall_start
-    if output is not None:
-        report["output"] = str(output)
-        with atomic_output_dir(output, overwrite) as staging:
-            save_checkpoint(loaded.model, loaded.tokenizer, run.result.masks, report, staging)
+        if output is not None:
+            write_json_atomic(Path(output) / "report.json", json.dumps(report, indent=2))
     return report
 
 
@@ -292,7 +375,7 @@ def compare(
                 "prune_seconds": run.seconds,
                 "peak_rss_bytes": run.peak_rss_bytes,
                 "global_sparsity": run.global_sparsity(),
-                "nm_valid": nm_valid(loaded, config),
+                "nm_valid": run.nm_valid(),
                 "mean_block_rel_output_error": run_report(run)["mean_block_rel_output_error"],
             }
         by_eval = {source: evaluate_perplexity(loaded.model, w, device, progress).ppl for source, w in evaluations.items()}

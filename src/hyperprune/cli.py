@@ -41,6 +41,7 @@ def _add_pruning(p: argparse.ArgumentParser) -> None:
     p.add_argument("--percdamp", type=float, default=SparseGPTOptions().percdamp, help="SparseGPT dampening, fraction of mean diag(H) (default: 0.01)")
     p.add_argument("--blocksize", type=int, default=SparseGPTOptions().blocksize, help="SparseGPT lazy-update block size (default: 128)")
     p.add_argument("--no-offload", action="store_true", help="keep calibration activations on the compute device")
+    p.add_argument("--on-nan", default="error", choices=["error", "skip"], help="on NaN/Inf: stop (default) or keep that block dense")
 
 
 def _add_eval(p: argparse.ArgumentParser, default: str | None) -> None:
@@ -61,7 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pruning(p)
     _add_eval(p, None)
     p.add_argument("--output", default=None, help="directory for the pruned checkpoint, masks and report.json")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output directory")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output directory (and discard an interrupted run)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run of --output from its last complete block")
+    p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
+                   help="read blocks one at a time from safetensors shards (default: for local safetensors checkpoints)")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the report to FILE")
 
     p = sub.add_parser("eval", help="perplexity of a model")
@@ -97,6 +101,8 @@ def _config(args: argparse.Namespace, method: str) -> PruneConfig:
             device=args.device,
             dtype=args.dtype,
             offload_activations=not args.no_offload,
+            on_nan=args.on_nan,
+            stream=getattr(args, "stream", None),
             sparsegpt=SparseGPTOptions(percdamp=args.percdamp, blocksize=args.blocksize),
         )
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
@@ -133,6 +139,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         _config(args, args.method),
         output=args.output,
         overwrite=args.overwrite,
+        resume=args.resume,
         eval_source=args.eval,
         eval_windows=args.eval_windows,
         progress=not args.quiet,
@@ -144,6 +151,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         ["calibration", f"{report['calib']} ({report['nsamples']} x {report['seqlen']} tokens)"],
         ["global sparsity", f"{report['global_sparsity']:.4f}"],
         ["n:m valid", report["nm_valid"]],
+        ["streamed from shards", report["streamed"]],
         ["mean block output error", f"{report['mean_block_rel_output_error']:.4g}"],
         ["prune time", f"{report['prune_seconds']:.1f} s"],
         ["peak RSS", _gib(report["peak_rss_bytes"])],

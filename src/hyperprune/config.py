@@ -120,4 +120,8 @@ class PruneConfig(BaseModel):
     device: str | None = Field(None, description="None: cuda if available, else cpu")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     offload_activations: bool = Field(True, description="keep calibration activations on the CPU")
+    stream: bool | None = Field(
+        None, description="stream blocks from safetensors shards; None: when the model is a local safetensors checkpoint"
+    )
+    on_nan: Literal["error", "skip"] = Field("error", description="on NaN/Inf: stop, or keep that block dense")
     sparsegpt: SparseGPTOptions = Field(default_factory=SparseGPTOptions)

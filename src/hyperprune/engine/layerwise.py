@@ -4,26 +4,30 @@ For each decoder block: gather the input statistics the method asks for (forward
 which also yields the dense block outputs), let the method prune, then run the pruned
 block to produce the next block's inputs while measuring how far each layer and the
 whole block moved from their dense outputs. Only the current block sits on the compute
-device; calibration activations may stay on the CPU.
+device; calibration activations may stay on the CPU. With a checkpoint, each finished
+block is written out (and resumable) before the next one is loaded.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from hyperprune.engine.blocks import BlockStore, ModelBlocks
 from hyperprune.engine.capture import capture_block_inputs, to_device
+from hyperprune.engine.checkpoint import RunCheckpoint, _fault_point
 from hyperprune.engine.statistics import InputStatistics, StatisticsKind
-from hyperprune.masks import sparsity_of
+from hyperprune.errors import HyperpruneError
+from hyperprune.masks import count_nm_violations, sparsity_of
 from hyperprune.methods.base import BlockContext, PruningMethod
-from hyperprune.models.architectures import BlockLayout, block_linears, decoder_blocks
+from hyperprune.models.architectures import BlockLayout, block_linears
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +41,7 @@ class LayerRecord:
     sparsity: float
     rel_error: float  # Σ‖ΔW x‖² / Σ‖W x‖² on the inputs the layer sees in the pruned model
     info: dict[str, Any] = field(default_factory=dict)
+    nm_violations: int | None = None  # groups over n non-zeros (None for unstructured targets)
 
 
 @dataclass
@@ -48,10 +53,31 @@ class BlockRecord:
 
 @dataclass
 class LayerwiseResult:
-    masks: dict[str, torch.Tensor]  # state-dict weight name -> keep-mask (CPU, bool)
+    masks: dict[str, torch.Tensor]  # weight name -> keep-mask (CPU, bool); empty when checkpointed
     layers: list[LayerRecord]
     blocks: list[BlockRecord]
     final_hidden: torch.Tensor  # last block's outputs (before the final norm)
+    skipped: list[dict[str, Any]] = field(default_factory=list)  # blocks kept dense (--on-nan skip)
+    resumed_from: int = 0  # first block computed by this run
+
+
+class NonFiniteError(HyperpruneError):
+    """A NaN or Inf appeared; names the block, component and quantity."""
+
+
+def check_finite(tensor: torch.Tensor, what: str, block: int, component: str | None = None) -> None:
+    if not bool(torch.isfinite(tensor).all()):
+        where = f"block {block}" + (f" component {component}" if component else "")
+        raise NonFiniteError(
+            f"NaN or Inf in the {what} of {where}; check the model and calibration data, "
+            "or pass --on-nan skip to keep such blocks dense"
+        )
+
+
+def _violations(weight: torch.Tensor, target) -> int | None:
+    if target.pattern is None:
+        return None
+    return count_nm_violations(weight.detach(), target.pattern.n, target.pattern.m)
 
 
 def block_output(out: Any) -> torch.Tensor:
@@ -94,6 +120,128 @@ def _statistics_for(
     return stats, handles
 
 
+def _check_statistics(stats: dict[str, InputStatistics], index: int) -> None:
+    for role, acc in stats.items():
+        for what, tensor in (("input statistics", acc.sq_sum), ("input means", acc.sum), ("Hessian", acc.xxt)):
+            if tensor is not None:
+                check_finite(tensor, what, index, role)
+
+
+@dataclass
+class _BlockOutcome:
+    masks: dict[str, torch.Tensor]  # role -> keep-mask
+    layers: list[LayerRecord]
+    rel_error: float
+
+
+def _prune_block(
+    index: int,
+    num_blocks: int,
+    block: nn.Module,
+    layout: BlockLayout,
+    method: PruningMethod,
+    inputs: torch.Tensor,
+    outputs: torch.Tensor,
+    kwargs: dict[str, Any],
+    device: torch.device,
+    offload: torch.device,
+) -> _BlockOutcome:
+    """Prune one block in place; write its pruned outputs into ``outputs``."""
+    nsamples = inputs.shape[0]
+
+    def forward(hidden: torch.Tensor) -> torch.Tensor:
+        return block_output(block(hidden, **kwargs))
+
+    linears = block_linears(block, layout)
+    check_finite(inputs, "input activations", index)
+    for role, lin in linears.items():
+        check_finite(lin.weight, "weights", index, role)
+    stats, handles = _statistics_for(linears, layout, method.statistics)
+    # Calibrating: dense outputs, with statistics hooks attached.
+    with torch.no_grad():
+        try:
+            for s in range(nsamples):
+                outputs[s] = forward(inputs[s : s + 1].to(device))[0].to(offload)
+        finally:
+            for handle in handles:
+                handle.remove()
+    check_finite(outputs, "output activations", index)
+    _check_statistics(stats, index)
+
+    dense_weights = {role: lin.weight.detach().clone() for role, lin in linears.items()}
+    ctx = BlockContext(
+        index=index,
+        num_blocks=num_blocks,
+        block=block,
+        linears=linears,
+        statistics=stats,
+        target=method.config.target,
+        inputs=inputs,
+        dense_outputs=outputs,
+        forward=forward,
+        device=device,
+    )
+    try:
+        block_masks = method.prune_block(ctx)
+        for role, lin in linears.items():
+            check_finite(lin.weight, "pruned weights", index, role)
+    except BaseException:
+        with torch.no_grad():  # leave the block dense, whatever the method did
+            for role, lin in linears.items():
+                lin.weight.copy_(dense_weights[role])
+        raise
+    del stats
+
+    # Propagating: pruned outputs become the next block's inputs, in place.
+    meters = {role: _ErrorMeter(dense_weights[role] - lin.weight.detach()) for role, lin in linears.items()}
+    handles = [linears[role].register_forward_hook(meter) for role, meter in meters.items()]
+    err_num = err_den = 0.0
+    with torch.no_grad():
+        try:
+            for s in range(nsamples):
+                pruned = forward(inputs[s : s + 1].to(device))[0]
+                dense = outputs[s].to(device)
+                err_num += float((pruned - dense).float().pow(2).sum())
+                err_den += float(dense.float().pow(2).sum())
+                outputs[s] = pruned.to(offload)
+        finally:
+            for handle in handles:
+                handle.remove()
+    check_finite(outputs, "pruned output activations", index)
+
+    records = []
+    for role, lin in linears.items():
+        records.append(
+            LayerRecord(
+                block=index,
+                component=role,
+                name=f"{layout.layers}.{index}.{layout.components[role]}.weight",
+                shape=list(lin.weight.shape),
+                sparsity=sparsity_of(lin.weight),
+                rel_error=meters[role].relative,
+                info=ctx.info.get(role, {}),
+                nm_violations=_violations(lin.weight, method.config.target),
+            )
+        )
+    masks = {role: block_masks[role].detach().to("cpu", torch.bool) for role in linears}
+    return _BlockOutcome(masks, records, err_num / err_den if err_den > 0 else 0.0)
+
+
+def _dense_block(index, block, layout, inputs, outputs, kwargs, device, offload) -> _BlockOutcome:
+    """Keep a block dense (after a NaN with --on-nan skip): outputs are the dense outputs."""
+    with torch.no_grad():
+        for s in range(inputs.shape[0]):
+            outputs[s] = block_output(block(inputs[s : s + 1].to(device), **kwargs))[0].to(offload)
+    linears = block_linears(block, layout)
+    records = [
+        LayerRecord(index, role, f"{layout.layers}.{index}.{layout.components[role]}.weight",
+                    list(lin.weight.shape), sparsity_of(lin.weight), 0.0, {"skipped": True}, None)
+        for role, lin in linears.items()
+    ]
+    masks = {role: torch.ones_like(lin.weight, dtype=torch.bool, device="cpu") for role, lin in linears.items()}
+    return _BlockOutcome(masks, records, 0.0)
+
+
 def run_layerwise(
     model: nn.Module,
     layout: BlockLayout,
@@ -102,88 +250,64 @@ def run_layerwise(
     device: torch.device,
     offload_activations: bool = True,
     progress: bool = True,
+    store: BlockStore | None = None,
+    checkpoint: RunCheckpoint | None = None,
+    on_nan: Literal["error", "skip"] = "error",
 ) -> LayerwiseResult:
     offload = torch.device("cpu") if offload_activations else device
-    captured = capture_block_inputs(model, layout, input_ids, device, offload)
-    inputs = captured.hidden
-    outputs = torch.empty_like(inputs)
+    store = store or ModelBlocks(model, layout)
+    num_blocks = store.num_blocks()
+    with store.embedding():
+        # Capture is cheap and gives the block kwargs, which are not checkpointed.
+        captured = capture_block_inputs(model, layout, input_ids[:1] if checkpoint and checkpoint.has_progress() else input_ids, device, offload)
     kwargs = to_device(captured.kwargs, device)
-    blocks = decoder_blocks(model, layout)
-    nsamples = inputs.shape[0]
 
-    masks: dict[str, torch.Tensor] = {}
     layer_records: list[LayerRecord] = []
     block_records: list[BlockRecord] = []
-    bar = tqdm(range(len(blocks)), desc=f"Pruning ({method.name})", unit="block", disable=not progress)
+    skipped: list[dict[str, Any]] = []
+    start_block = 0
+    resume = checkpoint.load() if checkpoint else None
+    if resume is not None:
+        inputs = resume.inputs.to(offload)
+        layer_records = [LayerRecord(**r) for r in resume.layers]
+        block_records = [BlockRecord(**r) for r in resume.blocks]
+        skipped = list(resume.skipped)
+        method.load_state_dict(resume.method_state)
+        start_block = resume.next_block
+        for index in range(start_block):
+            store.restore(index, checkpoint.read_block(index))
+        log.info("resuming at block %d of %d", start_block, num_blocks)
+    else:
+        inputs = captured.hidden
+    outputs = torch.empty_like(inputs)
+
+    masks: dict[str, torch.Tensor] = {}
+    bar = tqdm(range(start_block, num_blocks), desc=f"Pruning ({method.name})", unit="block", disable=not progress,
+               initial=start_block, total=num_blocks)
     for index in bar:
         start = time.perf_counter()
-        block = blocks[index].to(device)
-
-        def forward(hidden: torch.Tensor, block=block) -> torch.Tensor:
-            return block_output(block(hidden, **kwargs))
-
-        linears = block_linears(block, layout)
-        stats, handles = _statistics_for(linears, layout, method.statistics)
-        # Calibrating: dense outputs, with statistics hooks attached.
-        with torch.no_grad():
-            try:
-                for s in range(nsamples):
-                    outputs[s] = forward(inputs[s : s + 1].to(device))[0].to(offload)
-            finally:
-                for handle in handles:
-                    handle.remove()
-
-        dense_weights = {role: lin.weight.detach().clone() for role, lin in linears.items()}
-        ctx = BlockContext(
-            index=index,
-            num_blocks=len(blocks),
-            block=block,
-            linears=linears,
-            statistics=stats,
-            target=method.config.target,
-            inputs=inputs,
-            dense_outputs=outputs,
-            forward=forward,
-            device=device,
-        )
-        block_masks = method.prune_block(ctx)
-        del stats
-
-        # Propagating: pruned outputs become the next block's inputs, in place.
-        meters = {role: _ErrorMeter(dense_weights[role] - lin.weight.detach()) for role, lin in linears.items()}
-        handles = [linears[role].register_forward_hook(meter) for role, meter in meters.items()]
-        err_num = err_den = 0.0
-        with torch.no_grad():
-            try:
-                for s in range(nsamples):
-                    pruned = forward(inputs[s : s + 1].to(device))[0]
-                    dense = outputs[s].to(device)
-                    err_num += float((pruned - dense).float().pow(2).sum())
-                    err_den += float(dense.float().pow(2).sum())
-                    outputs[s] = pruned.to(offload)
-            finally:
-                for handle in handles:
-                    handle.remove()
-        del dense_weights
-
-        prefix = f"{layout.layers}.{index}"
-        for role, lin in linears.items():
-            name = f"{prefix}.{layout.components[role]}.weight"
-            masks[name] = block_masks[role].detach().to("cpu", torch.bool)
-            layer_records.append(
-                LayerRecord(
-                    block=index,
-                    component=role,
-                    name=name,
-                    shape=list(lin.weight.shape),
-                    sparsity=sparsity_of(lin.weight),
-                    rel_error=meters[role].relative,
-                    info=ctx.info.get(role, {}),
-                )
-            )
-        blocks[index] = block.to("cpu")
-        rel = err_num / err_den if err_den > 0 else 0.0
-        block_records.append(BlockRecord(index, rel, time.perf_counter() - start))
-        bar.set_postfix(err=f"{rel:.4f}")
+        block = store.load(index).to(device)
+        try:
+            outcome = _prune_block(index, num_blocks, block, layout, method, inputs, outputs, kwargs, device, offload)
+        except NonFiniteError as exc:
+            if on_nan != "skip":
+                raise
+            log.warning("block %d kept dense: %s", index, str(exc).split(";")[0])
+            skipped.append({"block": index, "reason": str(exc).split(";")[0]})
+            outcome = _dense_block(index, block, layout, inputs, outputs, kwargs, device, offload)
+        layer_records.extend(outcome.layers)
+        block_records.append(BlockRecord(index, outcome.rel_error, time.perf_counter() - start))
+        named_masks = {f"{layout.layers}.{index}.{layout.components[role]}.weight": m for role, m in outcome.masks.items()}
         inputs, outputs = outputs, inputs
-    return LayerwiseResult(masks, layer_records, block_records, inputs)
+        if checkpoint is not None:
+            _fault_point(index, "before_checkpoint")
+            checkpoint.save_block(
+                index, store.block_state(index, block), named_masks, inputs, method.state_dict(),
+                [asdict(r) for r in layer_records], [asdict(b) for b in block_records], skipped,
+            )
+            _fault_point(index, "after_checkpoint")
+        else:
+            masks.update(named_masks)
+        store.release(index, block)
+        bar.set_postfix(err=f"{outcome.rel_error:.4f}")
+    return LayerwiseResult(masks, layer_records, block_records, inputs, skipped, start_block)

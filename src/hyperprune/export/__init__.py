@@ -1,4 +1,4 @@
-from hyperprune.export.checkpoint import MASKS_FILE, REPORT_FILE, load_masks, save_checkpoint, save_masks
+from hyperprune.export.checkpoint import MASKS_FILE, REPORT_FILE, load_masks, save_masks
 from hyperprune.export.output_dir import atomic_output_dir, check_output_dir, write_json_atomic
 from hyperprune.export.verify import VerifyResult, verify_checkpoint
 
@@ -9,7 +9,6 @@ __all__ = [
     "atomic_output_dir",
     "check_output_dir",
     "load_masks",
-    "save_checkpoint",
     "save_masks",
     "verify_checkpoint",
     "write_json_atomic",

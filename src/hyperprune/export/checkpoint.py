@@ -24,6 +24,11 @@ def save_masks(masks: dict[str, torch.Tensor], path: str | Path) -> None:
     save_file(packed, str(path), metadata={"format": MASKS_FORMAT, "shapes": json.dumps(shapes)})
 
 
+def save_packed_masks(packed: dict[str, torch.Tensor], shapes: dict[str, list[int]], path: str | Path) -> None:
+    """Same file as ``save_masks``, from masks that are bit-packed already."""
+    save_file(packed, str(path), metadata={"format": MASKS_FORMAT, "shapes": json.dumps(shapes)})
+
+
 def load_masks(path: str | Path) -> dict[str, torch.Tensor]:
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
@@ -31,14 +36,6 @@ def load_masks(path: str | Path) -> dict[str, torch.Tensor]:
             raise HyperpruneError(f"'{path}' is not a hyperprune mask file (format {meta.get('format')!r})")
         shapes = json.loads(meta["shapes"])
         return {name: unpack_mask(f.get_tensor(name), tuple(shapes[name])) for name in f.keys()}
-
-
-def save_checkpoint(model, tokenizer, masks: dict[str, torch.Tensor], report: dict, directory: Path) -> None:
-    """Write everything into ``directory`` (normally the staging dir of atomic_output_dir)."""
-    model.save_pretrained(directory, safe_serialization=True)
-    tokenizer.save_pretrained(directory)
-    save_masks(masks, directory / MASKS_FILE)
-    (directory / REPORT_FILE).write_text(json.dumps(report, indent=2))
 
 
 def weight_files(directory: Path) -> dict[str, Path]:

@@ -39,17 +39,23 @@ def atomic_output_dir(path: str | os.PathLike, overwrite: bool) -> Iterator[Path
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.resolve().parent))
     try:
         yield staging
-        _fsync_tree(staging)
-        if path.exists():
-            trash = staging.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, trash)
-            os.replace(staging, path)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(staging, path)
+        publish_dir(staging, path)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def publish_dir(staging: Path, path: Path) -> None:
+    """fsync everything in ``staging``, then rename it to ``path`` (replacing what is there)."""
+    path = Path(path)
+    _fsync_tree(staging)
+    if path.exists():
+        trash = staging.with_name(f".{path.name}.old-{os.getpid()}")
+        os.replace(path, trash)
+        os.replace(staging, path)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(staging, path)
 
 
 def _fsync_tree(root: Path) -> None:

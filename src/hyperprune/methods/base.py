@@ -62,6 +62,14 @@ class PruningMethod(ABC):
     ) -> torch.Tensor:
         raise NotImplementedError
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """State carried from block to block (checkpointed for --resume). None by default."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if state:
+            raise ValueError(f"method '{self.name}' keeps no state, got {sorted(state)}")
+
 
 METHODS: dict[str, type[PruningMethod]] = {}
 

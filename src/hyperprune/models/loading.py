@@ -131,3 +131,30 @@ def detach_gguf_quantizer(model: nn.Module) -> None:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.is_quantized = False
+
+
+def can_stream(source: ModelSource) -> bool:
+    """Blocks can be streamed from local safetensors checkpoints (not from GGUF files)."""
+    from hyperprune.models.shards import has_safetensors
+
+    return source.kind == "local" and source.gguf_file is None and has_safetensors(source.path)
+
+
+def load_skeleton(spec: str, dtype: str = "float32", trust_remote_code: bool = False) -> LoadedModel:
+    """The model's modules with weights on the meta device (nothing materialized), and its
+    tokenizer. Buffers such as rotary frequencies are real. Blocks are read later."""
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = resolve_model(spec)
+    config = load_config(source, trust_remote_code)
+    layout = layout_for(config.model_type)
+    with init_empty_weights():
+        skeleton = AutoModelForCausalLM.from_config(config, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code)
+    skeleton.eval()
+    skeleton.config.use_cache = False
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source.path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise HyperpruneError(f"could not load the tokenizer of '{spec}': {' '.join(str(exc).split())[:200]}") from exc
+    return LoadedModel(skeleton, tokenizer, source, layout)

@@ -1,0 +1,85 @@
+"""Safetensors shards written one at a time: a temporary name, fsync, then rename, so a
+file on disk is always complete. Disk-full and permission errors become clear errors."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from hyperprune.errors import HyperpruneError
+
+INDEX_FILE = "model.safetensors.index.json"
+
+
+def shard_name(index: int, total: int) -> str:
+    return f"model-{index + 1:05d}-of-{total:05d}.safetensors"
+
+
+def io_error(exc: OSError, path: Path, after: str = "") -> HyperpruneError:
+    """Turn an OSError from writing ``path`` into a one-line, actionable error."""
+    if exc.errno == errno.ENOSPC:
+        what = f"disk full while writing '{path}'"
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        what = f"cannot write '{path}' ({os.strerror(exc.errno)})"
+    else:
+        what = f"could not write '{path}' ({exc.strerror or exc})"
+    return HyperpruneError(f"{what}; {after or 'free space or choose another --output, then run again'}")
+
+
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json_file(path: Path, payload: dict) -> None:
+    write_bytes_atomic(path, json.dumps(payload, indent=2).encode())
+
+
+def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Write a safetensors file atomically (transformers wants ``format: pt`` metadata)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    try:
+        save_file(contiguous, str(tmp), metadata={"format": "pt", **(metadata or {})})
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_index(directory: Path, weight_map: dict[str, str], total_size: int) -> None:
+    write_json_file(directory / INDEX_FILE, {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))})
