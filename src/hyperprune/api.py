@@ -18,7 +18,7 @@ from hyperprune.data import BOS_PER_WINDOW, calibration_windows, evaluation_wind
 from hyperprune.engine import LayerwiseResult, PeakMemory, run_layerwise
 from hyperprune.engine.blocks import BlockStore, StreamedBlocks
 from hyperprune.engine.checkpoint import RunCheckpoint, partial_dir_for
-from hyperprune.engine.memory import current_rss_bytes
+from hyperprune.engine.memory import current_rss_bytes, return_freed_memory_to_os
 from hyperprune.errors import HyperpruneError
 from hyperprune.eval import evaluate_perplexity
 from hyperprune.export import check_output_dir, write_json_atomic
@@ -210,6 +210,7 @@ def _open_model(config: PruneConfig, output, trust_remote_code: bool) -> tuple[L
             raise HyperpruneError(f"--stream needs a local safetensors checkpoint directory; '{config.model}' is not one")
         loaded = load_skeleton(config.model, config.dtype, trust_remote_code)
         reader = ShardReader(source.path)
+        return_freed_memory_to_os()
         return loaded, StreamedBlocks(loaded.model, loaded.layout, reader, torch_dtype(config.dtype)), reader
     return load_model(config.model, config.dtype, trust_remote_code), None, None
 

@@ -84,7 +84,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pruning(p)
     _add_eval(p, DEFAULT_EVAL)
     p.add_argument("--json", default=None, metavar="FILE", help="write the comparison as JSON (ppl is on the first --eval source)")
+    p = sub.add_parser("make-random-model", help="write a random-weight checkpoint with a known model's shapes")
+    from hyperprune.models.random_model import PRESETS
+
+    p.add_argument("--like", required=True, choices=sorted(PRESETS), help="whose shapes to copy")
+    p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"], help="weight dtype (default: bfloat16)")
+    p.add_argument("--layers", type=int, default=None, help="number of decoder blocks (default: the model's)")
+    p.add_argument("--seed", type=int, default=0, help="weight seed (default: 0)")
+    p.add_argument("--output", required=True, help="directory to write")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output directory")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
+
+
+def cmd_make_random_model(args: argparse.Namespace) -> int:
+    from hyperprune.models.random_model import make_random_model
+
+    path = make_random_model(args.like, args.output, args.dtype, args.layers, args.seed, args.overwrite, not args.quiet)
+    print(f"wrote {path}")
+    return 0
 
 
 def _config(args: argparse.Namespace, method: str) -> PruneConfig:
@@ -238,7 +256,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"prune": cmd_prune, "eval": cmd_eval, "verify": cmd_verify, "compare": cmd_compare}
+COMMANDS = {
+    "prune": cmd_prune,
+    "eval": cmd_eval,
+    "verify": cmd_verify,
+    "compare": cmd_compare,
+    "make-random-model": cmd_make_random_model,
+}
 
 
 def _setup_logging(quiet: bool) -> None:

@@ -14,6 +14,7 @@ from typing import Iterator, Protocol
 import torch
 from torch import nn
 
+from hyperprune.engine.memory import trim_freed_memory
 from hyperprune.errors import HyperpruneError
 from hyperprune.models.architectures import BlockLayout, decoder_blocks
 from hyperprune.models.shards import ShardReader
@@ -107,6 +108,7 @@ class StreamedBlocks:
 
     def release(self, index: int, block: nn.Module) -> None:
         free(block)
+        trim_freed_memory()
 
     def block_state(self, index: int, block: nn.Module) -> dict[str, torch.Tensor]:
         """Pruned tensors, cast back to the checkpoint's own dtypes."""

@@ -21,6 +21,15 @@ def current_rss_bytes() -> int:
 
 
 def lifetime_peak_rss_bytes() -> int:
+    """The process's RSS high-water mark. VmHWM belongs to this process's own memory map;
+    ru_maxrss would also count the parent's RSS inherited across fork and exec."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)
 
@@ -60,3 +69,39 @@ class PeakMemory:
         self.peak_rss_bytes = lifetime_after if lifetime_after > self._lifetime_before else self._sampled
         if torch.cuda.is_available():
             self.peak_cuda_bytes = int(torch.cuda.max_memory_allocated())
+
+
+_M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+
+
+def _libc():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+def trim_freed_memory() -> None:
+    """Hand free heap pages back to the OS (glibc malloc_trim); a no-op elsewhere.
+    Called after each streamed block, whose freed tensors would otherwise stay resident."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+
+
+def return_freed_memory_to_os(threshold_bytes: int = 128 * 1024) -> bool:
+    """Serve large allocations with mmap, so that freed blocks go back to the OS.
+
+    glibc raises its mmap threshold each time a large mmapped chunk is freed; after that,
+    a streamed block's tensors come from the heap and freeing them does not shrink the
+    process, so peak RSS creeps up with depth (measured: +84 MB over 10 small blocks).
+    A fixed threshold turns that off. Returns False where glibc's mallopt is unavailable.
+    """
+    libc = _libc()
+    if libc is None or not hasattr(libc, "mallopt"):
+        return False
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, threshold_bytes))
