@@ -193,7 +193,8 @@ def _prune_block(
     del stats
 
     # Propagating: pruned outputs become the next block's inputs, in place.
-    meters = {role: _ErrorMeter(dense_weights[role] - lin.weight.detach()) for role, lin in linears.items()}
+    # The dense copies become ΔW = W − W' in place: no third copy of the block's weights.
+    meters = {role: _ErrorMeter(dense_weights.pop(role).sub_(lin.weight.detach())) for role, lin in linears.items()}
     handles = [linears[role].register_forward_hook(meter) for role, meter in meters.items()]
     err_num = err_den = 0.0
     with torch.no_grad():

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from hyperprune.errors import HyperpruneError
+from hyperprune.export.shards import DIR_MODE
 
 
 def check_output_dir(path: str | os.PathLike, overwrite: bool) -> Path:
@@ -37,6 +38,7 @@ def atomic_output_dir(path: str | os.PathLike, overwrite: bool) -> Iterator[Path
     """Yield a temporary directory; on success it replaces ``path``, on error it is removed."""
     path = check_output_dir(path, overwrite)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.resolve().parent))
+    os.chmod(staging, DIR_MODE)  # mkdtemp makes it private (0700); the output is not
     try:
         yield staging
         publish_dir(staging, path)

@@ -17,6 +17,16 @@ from hyperprune.errors import HyperpruneError
 INDEX_FILE = "model.safetensors.index.json"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()
+DIR_MODE = 0o777 & ~_umask()
+
+
 def shard_name(index: int, total: int) -> str:
     return f"model-{index + 1:05d}-of-{total:05d}.safetensors"
 
@@ -64,6 +74,7 @@ def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[s
     contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     try:
         save_file(contiguous, str(tmp), metadata={"format": "pt", **(metadata or {})})
+        os.chmod(tmp, _FILE_MODE)  # safetensors creates 0600; outputs are meant to be shared
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
