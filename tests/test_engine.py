@@ -142,3 +142,12 @@ def test_registry_has_the_baselines_and_rejects_duplicates():
     assert {"dense", "magnitude", "wanda", "sparsegpt"} <= set(METHODS)
     with pytest.raises(ValueError, match="twice"):
         register_method("wanda")(type("Again", (PruningMethod,), {}))
+
+
+def test_activations_on_disk_give_the_same_result(tmp_path):
+    in_memory = run(tiny_model("llama"), "sparsegpt")
+    on_disk = run(tiny_model("llama"), "sparsegpt", activation_dir=tmp_path / "acts")
+    assert {p.name for p in (tmp_path / "acts").iterdir()} == {"inputs.bin", "outputs.bin"}
+    assert (tmp_path / "acts" / "inputs.bin").stat().st_size == 4 * 24 * 64 * 4  # nsamples x seqlen x hidden x fp32
+    assert all(torch.equal(in_memory.masks[k], on_disk.masks[k]) for k in in_memory.masks)
+    assert torch.equal(in_memory.final_hidden, on_disk.final_hidden)

@@ -56,21 +56,25 @@ def assert_bit_identical(a: Path, b: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "phase,stream", [("before_checkpoint", True), ("mid_checkpoint", True), ("after_checkpoint", False)]
+    "phase,flags",
+    [
+        ("before_checkpoint", ["--stream"]),
+        ("mid_checkpoint", ["--stream", "--offload-to-disk"]),
+        ("after_checkpoint", ["--no-stream"]),
+    ],
 )
-def test_sigkill_then_resume_is_bit_identical(tmp_path, model_dir, calib_file, phase, stream):
-    stream_flag = "--stream" if stream else "--no-stream"
+def test_sigkill_then_resume_is_bit_identical(tmp_path, model_dir, calib_file, phase, flags):
     reference = tmp_path / "reference"
-    assert main(prune_args(model_dir, calib_file, reference, stream_flag)) == 0
+    assert main(prune_args(model_dir, calib_file, reference, "--no-stream")) == 0
 
     block = random.randrange(NLAYERS)
     out = tmp_path / "killed"
-    killed = run_subprocess(prune_args(model_dir, calib_file, out, stream_flag), {"HYPERPRUNE_FAULT": f"{block}:{phase}"})
+    killed = run_subprocess(prune_args(model_dir, calib_file, out, *flags), {"HYPERPRUNE_FAULT": f"{block}:{phase}"})
     assert killed.returncode == -9, f"block {block}: {killed.stderr[-500:]}"
     assert not out.exists()
     assert partial_dir_for(out).is_dir()
 
-    assert main(prune_args(model_dir, calib_file, out, stream_flag, "--resume")) == 0
+    assert main(prune_args(model_dir, calib_file, out, *flags, "--resume")) == 0
     assert_bit_identical(reference, out)
     report = json.loads((out / "report.json").read_text())
     completed_before_kill = block + (1 if phase == "after_checkpoint" else 0)
@@ -161,6 +165,10 @@ def test_nan_in_weights_stops_and_names_the_layer(tmp_path, tokenizer, calib_fil
     err = capsys.readouterr().err.strip()
     assert "block 2 component down" in err and "weights" in err and "--on-nan skip" in err
     assert not out.exists()
+    # Blocks 0 and 1 are checkpointed: go on from block 2, keeping it dense.
+    assert main(prune_args(directory, calib_file, out, "--resume", "--on-nan", "skip")) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["resumed_from_block"] == 2 and [s["block"] for s in report["skipped_blocks"]] == [2]
 
 
 def test_nan_skip_keeps_the_block_dense_and_says_so(tmp_path, tokenizer, calib_file):

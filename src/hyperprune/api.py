@@ -6,7 +6,10 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -114,13 +117,27 @@ def run_method(
         raise HyperpruneError(f"method '{config.method}' supports n:m patterns only; use --pattern instead of --sparsity")
     device = resolve_device(config.device)
     start = time.perf_counter()
-    with PeakMemory() as memory:
+    with PeakMemory() as memory, _activation_dir(config, checkpoint) as activation_dir:
         result = run_layerwise(
             loaded.model, loaded.layout, method, calib_ids, device, config.offload_activations, progress,
-            store=store, checkpoint=checkpoint, on_nan=config.on_nan,
+            store=store, checkpoint=checkpoint, on_nan=config.on_nan, activation_dir=activation_dir,
         )
     seconds = time.perf_counter() - start
     return PruneRun(config.method, result, seconds, memory.peak_rss_bytes, memory.peak_cuda_bytes)
+
+
+@contextmanager
+def _activation_dir(config: PruneConfig, checkpoint: RunCheckpoint | None) -> Iterator[Path | None]:
+    """Where memory-mapped activations live: the run's partial directory, or a temporary one."""
+    if not config.offload_to_disk:
+        yield None
+    elif checkpoint is not None:
+        directory = checkpoint.directory / "activations"
+        yield directory
+        shutil.rmtree(directory, ignore_errors=True)
+    else:
+        with tempfile.TemporaryDirectory(prefix="hyperprune-activations-") as directory:
+            yield Path(directory)
 
 
 def load_for(config: PruneConfig, trust_remote_code: bool = False) -> tuple[LoadedModel, int]:
@@ -194,8 +211,9 @@ def _prepare_partial(output: str | Path, overwrite: bool, resume: bool) -> Path:
 
 
 def _fingerprint(config: PruneConfig, seqlen: int, num_blocks: int) -> dict[str, Any]:
-    """What must match for a checkpoint to be resumed (the device may change)."""
-    settings = json.loads(config.model_dump_json(exclude={"device"}))
+    """What must match for a checkpoint to be resumed (where the work happens may change)."""
+    # on_nan may change too: after a NaN stop, `--resume --on-nan skip` goes on past it.
+    settings = json.loads(config.model_dump_json(exclude={"device", "offload_to_disk", "on_nan"}))
     return {"config": settings, "seqlen": seqlen, "num_blocks": num_blocks, "hyperprune": library_versions()["hyperprune"]}
 
 

@@ -41,6 +41,7 @@ def _add_pruning(p: argparse.ArgumentParser) -> None:
     p.add_argument("--percdamp", type=float, default=SparseGPTOptions().percdamp, help="SparseGPT dampening, fraction of mean diag(H) (default: 0.01)")
     p.add_argument("--blocksize", type=int, default=SparseGPTOptions().blocksize, help="SparseGPT lazy-update block size (default: 128)")
     p.add_argument("--no-offload", action="store_true", help="keep calibration activations on the compute device")
+    p.add_argument("--offload-to-disk", action="store_true", help="keep calibration activations in memory-mapped files (when they don't fit in RAM)")
     p.add_argument("--on-nan", default="error", choices=["error", "skip"], help="on NaN/Inf: stop (default) or keep that block dense")
 
 
@@ -120,6 +121,7 @@ def _config(args: argparse.Namespace, method: str) -> PruneConfig:
             dtype=args.dtype,
             offload_activations=not args.no_offload,
             on_nan=args.on_nan,
+            offload_to_disk=args.offload_to_disk,
             stream=getattr(args, "stream", None),
             sparsegpt=SparseGPTOptions(percdamp=args.percdamp, blocksize=args.blocksize),
         )

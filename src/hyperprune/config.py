@@ -120,6 +120,7 @@ class PruneConfig(BaseModel):
     device: str | None = Field(None, description="None: cuda if available, else cpu")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     offload_activations: bool = Field(True, description="keep calibration activations on the CPU")
+    offload_to_disk: bool = Field(False, description="keep calibration activations in memory-mapped files")
     stream: bool | None = Field(
         None, description="stream blocks from safetensors shards; None: when the model is a local safetensors checkpoint"
     )

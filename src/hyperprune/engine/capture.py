@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -46,6 +48,16 @@ def replay_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     return clean
 
 
+def activation_buffer(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, directory: Path | None, name: str) -> torch.Tensor:
+    """A [nsamples, seqlen, hidden] buffer: in memory, or memory-mapped from a file in
+    ``directory`` (the OS pages it in and out, so activations may exceed RAM)."""
+    if directory is None:
+        return torch.empty(shape, dtype=dtype, device=device)
+    path = directory / f"{name}.bin"
+    path.unlink(missing_ok=True)
+    return torch.from_file(str(path), shared=True, size=math.prod(shape), dtype=dtype).view(shape)
+
+
 @torch.no_grad()
 def capture_block_inputs(
     model: nn.Module,
@@ -53,6 +65,7 @@ def capture_block_inputs(
     input_ids: torch.Tensor,
     device: torch.device,
     offload_device: torch.device,
+    activation_dir: Path | None = None,
 ) -> BlockInputs:
     """Run the embedding and mask/position preparation for each sample and record the
     first block's inputs. Only the embedding and rotary modules visit ``device``."""
@@ -80,7 +93,7 @@ def capture_block_inputs(
                 pass
             if hidden is None:
                 shape = (input_ids.shape[0], *store["hidden"].shape[1:])
-                hidden = torch.empty(shape, dtype=store["hidden"].dtype, device=offload_device)
+                hidden = activation_buffer(shape, store["hidden"].dtype, offload_device, activation_dir, "inputs")
                 kwargs = replay_kwargs(to_device(store["kwargs"], offload_device))
             hidden[index] = store["hidden"][0].to(offload_device)
     finally:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -21,7 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from hyperprune.engine.blocks import BlockStore, ModelBlocks
-from hyperprune.engine.capture import capture_block_inputs, to_device
+from hyperprune.engine.capture import activation_buffer, capture_block_inputs, to_device
 from hyperprune.engine.checkpoint import RunCheckpoint, _fault_point
 from hyperprune.engine.statistics import InputStatistics, StatisticsKind
 from hyperprune.errors import HyperpruneError
@@ -70,7 +71,7 @@ def check_finite(tensor: torch.Tensor, what: str, block: int, component: str | N
         where = f"block {block}" + (f" component {component}" if component else "")
         raise NonFiniteError(
             f"NaN or Inf in the {what} of {where}; check the model and calibration data, "
-            "or pass --on-nan skip to keep such blocks dense"
+            "or pass --on-nan skip (with --resume to go on from here) to keep such blocks dense"
         )
 
 
@@ -254,13 +255,20 @@ def run_layerwise(
     store: BlockStore | None = None,
     checkpoint: RunCheckpoint | None = None,
     on_nan: Literal["error", "skip"] = "error",
+    activation_dir: Path | None = None,
 ) -> LayerwiseResult:
-    offload = torch.device("cpu") if offload_activations else device
+    """Prune every block of ``model`` in turn. ``activation_dir``: keep the calibration
+    activations in memory-mapped files there instead of RAM."""
+    offload = torch.device("cpu") if offload_activations or activation_dir is not None else device
+    if activation_dir is not None:
+        activation_dir.mkdir(parents=True, exist_ok=True)
     store = store or ModelBlocks(model, layout)
     num_blocks = store.num_blocks()
     with store.embedding():
         # Capture is cheap and gives the block kwargs, which are not checkpointed.
-        captured = capture_block_inputs(model, layout, input_ids[:1] if checkpoint and checkpoint.has_progress() else input_ids, device, offload)
+        resuming = checkpoint is not None and checkpoint.has_progress()
+        captured = capture_block_inputs(model, layout, input_ids[:1] if resuming else input_ids, device, offload,
+                                        None if resuming else activation_dir)
     kwargs = to_device(captured.kwargs, device)
 
     layer_records: list[LayerRecord] = []
@@ -269,7 +277,8 @@ def run_layerwise(
     start_block = 0
     resume = checkpoint.load() if checkpoint else None
     if resume is not None:
-        inputs = resume.inputs.to(offload)
+        inputs = activation_buffer(tuple(resume.inputs.shape), resume.inputs.dtype, offload, activation_dir, "inputs")
+        inputs.copy_(resume.inputs)
         layer_records = [LayerRecord(**r) for r in resume.layers]
         block_records = [BlockRecord(**r) for r in resume.blocks]
         skipped = list(resume.skipped)
@@ -280,7 +289,7 @@ def run_layerwise(
         log.info("resuming at block %d of %d", start_block, num_blocks)
     else:
         inputs = captured.hidden
-    outputs = torch.empty_like(inputs)
+    outputs = activation_buffer(tuple(inputs.shape), inputs.dtype, offload, activation_dir, "outputs")
 
     masks: dict[str, torch.Tensor] = {}
     bar = tqdm(range(start_block, num_blocks), desc=f"Pruning ({method.name})", unit="block", disable=not progress,

@@ -69,7 +69,7 @@ def assemble_output(
         write_json_file(partial / REPORT_FILE, report)
     except OSError as exc:
         raise io_error(exc, partial, "every block is checkpointed; free space and rerun with --resume") from exc
-    for leftover in ("masks", "state"):
+    for leftover in ("masks", "state", "activations"):
         shutil.rmtree(partial / leftover, ignore_errors=True)
     (partial / MANIFEST).unlink(missing_ok=True)
     publish_dir(partial, output)
