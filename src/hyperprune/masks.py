@@ -15,6 +15,9 @@ import numpy as np
 import torch
 
 
+_GROUP_CHUNK = 1 << 18  # groups sorted at a time
+
+
 def nm_patterns(n: int, m: int) -> torch.Tensor:
     """All C(m, n) binary keep-patterns with exactly ``n`` ones, shape ``[C(m,n), m]``."""
     if not 0 < n < m:
@@ -34,10 +37,13 @@ def nm_mask_from_scores(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
     """Keep the ``n`` highest-scoring weights in each group of ``m`` consecutive columns."""
     _check_groups(scores.shape, m)
     groups = scores.reshape(-1, m)
-    # A stable descending sort keeps the lower column on ties, so masks are reproducible.
-    order = torch.sort(groups, dim=-1, descending=True, stable=True).indices
     keep = torch.zeros_like(groups, dtype=torch.bool)
-    keep.scatter_(1, order[:, :n], True)
+    # In chunks: sorting a 7B-sized matrix at once would allocate 8 bytes of indices per weight.
+    for start in range(0, groups.shape[0], _GROUP_CHUNK):
+        chunk = groups[start : start + _GROUP_CHUNK]
+        # A stable descending sort keeps the lower column on ties, so masks are reproducible.
+        order = torch.sort(chunk, dim=-1, descending=True, stable=True).indices
+        keep[start : start + _GROUP_CHUNK].scatter_(1, order[:, :n], True)
     return keep.reshape(scores.shape)
 
 
