@@ -22,7 +22,7 @@ from safetensors import safe_open
 
 from hyperprune.errors import HyperpruneError
 from hyperprune.export.shards import file_sha256, io_error, shard_name, write_json_file, write_tensors
-from hyperprune.masks import pack_mask, unpack_mask
+from hyperprune.masks import pack_mask
 
 MANIFEST = "checkpoint.json"
 MANIFEST_VERSION = 1
@@ -162,10 +162,6 @@ class RunCheckpoint:
                 shapes.update(json.loads(f.metadata()["shapes"]))
                 packed.update({k: f.get_tensor(k) for k in f.keys()})
         return packed, shapes
-
-    def read_masks(self) -> dict[str, torch.Tensor]:
-        packed, shapes = self.read_packed_masks()
-        return {name: unpack_mask(p, tuple(shapes[name])) for name, p in packed.items()}
 
 
 def _jsonable_random_state() -> list:

@@ -89,9 +89,5 @@ def context_length(config) -> int:
     return int(getattr(config, "max_position_embeddings", 0) or 0)
 
 
-def param_bytes(module: nn.Module) -> int:
-    return sum(p.numel() * p.element_size() for p in module.parameters())
-
-
 def torch_dtype(name: str) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
