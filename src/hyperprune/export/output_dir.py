@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from hyperprune.errors import HyperpruneError
-from hyperprune.export.shards import DIR_MODE
+from hyperprune.export.shards import DIR_MODE, io_error, write_bytes_atomic
 
 
 def check_output_dir(path: str | os.PathLike, overwrite: bool) -> Path:
@@ -68,15 +68,9 @@ def _fsync_tree(root: Path) -> None:
 
 
 def write_json_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write a single file via a temporary name and rename."""
+    """Write a single file via a temporary name, fsync and rename."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_bytes_atomic(path, text.encode())
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise HyperpruneError(f"cannot write '{path}': {exc.strerror}") from exc
+        raise io_error(exc, path) from exc
