@@ -7,6 +7,8 @@ import errno
 import hashlib
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -50,30 +52,13 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
+@contextmanager
+def _atomic_file(path: Path) -> Iterator[Path]:
+    """Yield a temporary name beside ``path``; once written, fsync it, rename it into place
+    and fsync the directory. On any error the temporary file is removed."""
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def write_json_file(path: Path, payload: dict) -> None:
-    write_bytes_atomic(path, json.dumps(payload, indent=2).encode())
-
-
-def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    """Write a safetensors file atomically (transformers wants ``format: pt`` metadata)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    try:
-        save_file(contiguous, str(tmp), metadata={"format": "pt", **(metadata or {})})
+        yield tmp
         os.chmod(tmp, _FILE_MODE)  # safetensors creates 0600; outputs are meant to be shared
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
@@ -82,6 +67,22 @@ def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[s
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    with _atomic_file(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_json_file(path: Path, payload: dict) -> None:
+    write_bytes_atomic(path, json.dumps(payload, indent=2).encode())
+
+
+def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Write a safetensors file atomically (transformers wants ``format: pt`` metadata)."""
+    contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    with _atomic_file(path) as tmp:
+        save_file(contiguous, str(tmp), metadata={"format": "pt", **(metadata or {})})
 
 
 def file_sha256(path: Path) -> str:
