@@ -183,6 +183,7 @@ def run_report(run: PruneRun) -> dict[str, Any]:
         "peak_rss_bytes": run.peak_rss_bytes,
         "peak_cuda_bytes": run.peak_cuda_bytes,
         "mean_block_rel_output_error": sum(b.rel_output_error for b in run.result.blocks) / max(1, len(run.result.blocks)),
+        "mean_block_rel_update_error": sum(b.rel_update_error for b in run.result.blocks) / max(1, len(run.result.blocks)),
         "skipped_blocks": run.result.skipped,
         "resumed_from_block": run.result.resumed_from,
         "blocks": [asdict(b) for b in run.result.blocks],
@@ -333,7 +334,7 @@ def evaluate(
 
 
 def compare(
-    methods: list[str],
+    methods: list[str | tuple[str, PruneConfig]],
     config: PruneConfig | None = None,
     *,
     eval_source: str | list[str] = DEFAULT_EVAL,
@@ -346,16 +347,19 @@ def compare(
     The model loads once; its dense prunable weights are restored before each method.
     ``dense`` means the unpruned model. Peak RSS is this process's, during that method.
     Several evaluation sources may be given: ``ppl`` is on the first, ``ppl_by_eval`` on all.
+    A method may be given as ``(label, config)`` to compare variants of one method
+    (ablations); its config must share the model and calibration settings.
     """
     config = config or PruneConfig()
+    runs = [(m, config.model_copy(update={"method": m})) if isinstance(m, str) else m for m in methods]
     eval_sources = [eval_source] if isinstance(eval_source, str) else list(eval_source)
     if not eval_sources:
         raise HyperpruneError("--eval is empty; give one or more comma-separated sources")
     if not methods:
         raise HyperpruneError("--methods is empty; give a comma-separated list such as dense,wanda,sparsegpt")
-    for name in methods:
-        if name != "dense":
-            get_method(name)
+    for _, run_config in runs:
+        if run_config.method != "dense":
+            get_method(run_config.method)
     device = resolve_device(config.device)
     loaded, seqlen = load_for(config, trust_remote_code)
     calib = calibration_ids(loaded, config, seqlen)
@@ -380,23 +384,29 @@ def compare(
         "versions": library_versions(),
         "environment": environment(),
     }
-    for name in methods:
+    for name, run_config in runs:
         with torch.no_grad():
             for key, weight in prunable_weights(loaded.model, loaded).items():
                 weight.copy_(originals[key])
         entry: dict[str, Any]
-        if name == "dense":
+        if run_config.method == "dense":
             # Nothing is pruned: the process's resident memory with model and data loaded.
             entry = {"prune_seconds": 0.0, "peak_rss_bytes": current_rss_bytes(), "global_sparsity": 0.0, "nm_valid": False}
         else:
-            run = run_method(loaded, config.model_copy(update={"method": name}), calib, progress)
+            run = run_method(loaded, run_config, calib, progress)
+            report = run_report(run)
             entry = {
+                "method": run_config.method,
                 "prune_seconds": run.seconds,
                 "peak_rss_bytes": run.peak_rss_bytes,
+                "peak_cuda_bytes": run.peak_cuda_bytes,
                 "global_sparsity": run.global_sparsity(),
                 "nm_valid": run.nm_valid(),
-                "mean_block_rel_output_error": run_report(run)["mean_block_rel_output_error"],
+                "mean_block_rel_output_error": report["mean_block_rel_output_error"],
+                "mean_block_rel_update_error": report["mean_block_rel_update_error"],
             }
+            if run_config != config.model_copy(update={"method": run_config.method}):
+                entry["config"] = json.loads(run_config.model_dump_json())
         by_eval = {source: evaluate_perplexity(loaded.model, w, device, progress).ppl for source, w in evaluations.items()}
         loaded.model.to("cpu")
         out["methods"][name] = {"ppl": by_eval[eval_sources[0]], **entry, "ppl_by_eval": by_eval}

@@ -12,6 +12,8 @@ from hyperprune.config import (
     DEFAULT_CALIB,
     DEFAULT_EVAL,
     DEFAULT_MODEL,
+    HYPERNET_FEATURES,
+    HyperPruneOptions,
     DEFAULT_NSAMPLES,
     DEFAULT_SEED,
     PruneConfig,
@@ -43,6 +45,62 @@ def _add_pruning(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-offload", action="store_true", help="keep calibration activations on the compute device")
     p.add_argument("--offload-to-disk", action="store_true", help="keep calibration activations in memory-mapped files (when they don't fit in RAM)")
     p.add_argument("--on-nan", default="error", choices=["error", "skip"], help="on NaN/Inf: stop (default) or keep that block dense")
+    _add_hyperprune(p)
+
+
+# (flag, field, type or action, help); every default lives in HyperPruneOptions.
+_HYPERPRUNE_FLAGS = [
+    ("--steps", "steps", int, "training steps per block"),
+    ("--objective", "objective", ["layer", "block", "two-stage"], "layer: exact quadratic error per linear; block: the paper's block output; two-stage: layer then block"),
+    ("--block-fraction", "block_fraction", float, "share of steps on the block objective with --objective two-stage"),
+    ("--relaxation", "relaxation", ["expected", "gumbel"], "expected mask E[M] or Gumbel-Softmax samples"),
+    ("--straight-through", "straight_through", "store_true", "hard forward, relaxed gradient"),
+    ("--hidden-dim", "hidden_dim", int, "hypernetwork width"),
+    ("--depth", "depth", int, "linear layers in the hypernetwork"),
+    ("--features", "features", str, "comma-separated hypernetwork inputs from: " + ", ".join(HYPERNET_FEATURES)),
+    ("--embed-dim", "embed_dim", int, "layer/component embedding size"),
+    ("--embed-init", "embed_init", ["onehot", "gaussian"], "embedding initialization"),
+    ("--no-layer-emb", "layer_embedding", "store_false", "ablation: no layer embeddings"),
+    ("--no-comp-emb", "component_embedding", "store_false", "ablation: no component embeddings"),
+    ("--lr", "lr", float, "hypernetwork learning rate (AdamW)"),
+    ("--embed-lr", "embed_lr", float, "embedding learning rate"),
+    ("--weight-decay", "weight_decay", float, "AdamW weight decay"),
+    ("--tau0", "tau0", float, "initial Gumbel-Softmax temperature"),
+    ("--tau-final", "tau_final", float, "final temperature"),
+    ("--tau-decay", "tau_decay", float, "η in τ = max(τ_f, τ0·exp(−η·step)); default: τ_f at 3/4 of the steps"),
+    ("--prior", "prior", ["sparsegpt", "wanda", "none"], "mask prior on the logits"),
+    ("--prior-gamma", "prior_gamma", float, "γ0, the prior's weight"),
+    ("--prior-decay", "prior_decay", float, "α: γ = γ0·exp(−α·step/steps)"),
+    ("--prior-beta", "prior_beta", float, "β, sharpness of the prior over patterns"),
+    ("--no-outlier", "outlier", "store_false", "ablation: no feature-outlier term"),
+    ("--lambda-outlier", "lambda_outlier", float, "λ1, weight of the feature-outlier term"),
+    ("--no-continual", "continual", "store_false", "ablation: no continual-pruning term"),
+    ("--lambda-continual", "lambda_continual", float, "λ2, weight of the continual-pruning term"),
+    ("--continual-groups", "continual_groups", int, "weight groups cached per finished layer"),
+    ("--row-fraction", "row_fraction", float, "rows sampled per step on the layer objective"),
+    ("--batch-size", "batch_size", int, "calibration samples per step on the block objective"),
+    ("--refit", "refit", "store_true", "OBS-update the kept weights for the learned mask (the method hyperprune+refit)"),
+]
+
+
+def _add_hyperprune(p: argparse.ArgumentParser) -> None:
+    defaults = HyperPruneOptions()
+    group = p.add_argument_group("HyperPrune options (method hyperprune and hyperprune+refit)")
+    for flag, field, kind, text in _HYPERPRUNE_FLAGS:
+        dest = f"hp_{field}"
+        if kind in ("store_true", "store_false"):
+            group.add_argument(flag, dest=dest, action=kind, default=None, help=text)
+        elif isinstance(kind, list):
+            group.add_argument(flag, dest=dest, choices=kind, default=None, help=f"{text} (default: {getattr(defaults, field)})")
+        else:
+            shown = getattr(defaults, field)
+            shown = ",".join(shown) if isinstance(shown, tuple) else shown
+            group.add_argument(flag, dest=dest, type=kind, default=None, help=f"{text} (default: {shown})")
+
+
+def _hyperprune_options(args: argparse.Namespace) -> HyperPruneOptions:
+    given = {field: getattr(args, f"hp_{field}") for _, field, _, _ in _HYPERPRUNE_FLAGS}
+    return HyperPruneOptions(**{k: v for k, v in given.items() if v is not None})
 
 
 def _add_eval(p: argparse.ArgumentParser, default: str | None) -> None:
@@ -124,6 +182,7 @@ def _config(args: argparse.Namespace, method: str) -> PruneConfig:
             offload_to_disk=args.offload_to_disk,
             stream=getattr(args, "stream", None),
             sparsegpt=SparseGPTOptions(percdamp=args.percdamp, blocksize=args.blocksize),
+            hyperprune=_hyperprune_options(args),
         )
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
         raise HyperpruneError(_first_error(exc)) from None

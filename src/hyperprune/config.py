@@ -105,6 +105,69 @@ class SparseGPTOptions(BaseModel):
     max_damp_retries: int = Field(4, ge=0, description="retries with 10x dampening on Cholesky failure")
 
 
+HYPERNET_FEATURES = ("weight", "wanda", "saliency", "hdiag", "hinv", "coupling")
+
+
+class HyperPruneOptions(BaseModel):
+    """HyperPrune's settings. Paper values are noted; where a default departs from the
+    paper it was chosen by the recorded sweep in ``benchmarks/hyperprune_sweep.py``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    steps: int = Field(100, ge=0, description="training steps per block (paper: 200 or 2000)")
+    objective: Literal["layer", "block", "two-stage"] = Field(
+        "layer",
+        description="layer: each linear's exact quadratic error tr(ΔW H ΔWᵀ); block: the paper's block-output "
+        "reconstruction; two-stage: layer, then block for the last --block-fraction of the steps",
+    )
+    block_fraction: float = Field(0.25, ge=0.0, le=1.0, description="share of steps on the block objective (two-stage)")
+    relaxation: Literal["expected", "gumbel"] = Field(
+        "expected", description="expected: E[M] = Σ softmax(logits/τ)·s (paper Thm. 1); gumbel: Gumbel-Softmax samples"
+    )
+    straight_through: bool = Field(False, description="hard argmax forward, relaxed backward")
+    hidden_dim: int = Field(64, gt=0, description="hypernetwork width (paper: 256 or 512)")
+    depth: int = Field(3, ge=2, description="linear layers in the hypernetwork (paper: 4)")
+    features: tuple[str, ...] = Field(HYPERNET_FEATURES, description="per-weight context the hypernetwork sees")
+    embed_dim: int = Field(64, gt=0, description="size of layer and component embeddings (paper: 64)")
+    embed_init: Literal["onehot", "gaussian"] = Field("onehot", description="paper app. D.4 recommends one-hot + noise")
+    layer_embedding: bool = True
+    component_embedding: bool = True
+    lr: float = Field(2e-3, gt=0, description="AdamW learning rate of the hypernetwork (paper: 5e-4)")
+    embed_lr: float = Field(1e-4, gt=0, description="learning rate of the embeddings (smaller, as in the paper)")
+    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay (paper: 0.1)")
+    tau0: float = Field(1.0, gt=0, description="initial Gumbel-Softmax temperature (paper: 1.0)")
+    tau_final: float = Field(0.05, gt=0, description="final temperature τ_f (paper: 0.5)")
+    tau_decay: float | None = Field(
+        None, ge=0, description="η in τ(t) = max(τ_f, τ0·exp(−ηt)), t the step in the block; None: reach τ_f at 3/4 of the steps"
+    )
+    prior: Literal["sparsegpt", "wanda", "none"] = "sparsegpt"
+    prior_gamma: float = Field(0.3, ge=0, description="γ0, the prior's weight on the logits (paper: 1e-5)")
+    prior_decay: float = Field(2.0, ge=0, description="α in γ = γ0·exp(−α·t/T) over the block's steps")
+    prior_beta: float = Field(10.0, gt=0, description="β, sharpness of the prior's softmax over patterns")
+    outlier: bool = True
+    lambda_outlier: float = Field(0.1, ge=0, description="λ1, weight of the (normalized) feature-outlier term")
+    continual: bool = True
+    lambda_continual: float = Field(1.0, ge=0, description="λ2, weight of the continual-pruning term")
+    continual_groups: int = Field(50, gt=0, description="weight groups cached per finished layer (paper: ~50)")
+    row_fraction: float = Field(
+        0.25, gt=0.0, le=1.0, description="rows sampled per step on the layer objective (unbiased; 1 = all rows)"
+    )
+    batch_size: int = Field(2, gt=0, description="calibration samples per step on the block objective")
+    refit: bool = Field(False, description="after the mask is chosen, OBS-update the kept weights (beyond the paper)")
+
+    @field_validator("features", mode="before")
+    @classmethod
+    def _parse_features(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = tuple(part.strip() for part in value.split(",") if part.strip())
+        unknown = [f for f in value if f not in HYPERNET_FEATURES]
+        if unknown:
+            raise ValueError(f"unknown hypernetwork feature(s) {unknown}; choose from {', '.join(HYPERNET_FEATURES)}")
+        if "weight" not in value:
+            raise ValueError("hypernetwork features must include 'weight'")
+        return tuple(value)
+
+
 class PruneConfig(BaseModel):
     """Everything that determines a pruning run. Recorded in full in every report."""
 
@@ -126,3 +189,4 @@ class PruneConfig(BaseModel):
     )
     on_nan: Literal["error", "skip"] = Field("error", description="on NaN/Inf: stop, or keep that block dense")
     sparsegpt: SparseGPTOptions = Field(default_factory=SparseGPTOptions)
+    hyperprune: HyperPruneOptions = Field(default_factory=HyperPruneOptions)

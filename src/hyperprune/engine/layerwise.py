@@ -50,6 +50,10 @@ class BlockRecord:
     block: int
     rel_output_error: float  # Σ‖f(W⊙M, x) − f(W, x)‖² / Σ‖f(W, x)‖² over calibration samples
     seconds: float
+    # Σ‖f(W⊙M, x) − f(W, x)‖² / Σ‖f(W, x) − x‖²: the same error against what the block adds
+    # to the residual stream, which is not dwarfed by the stream itself
+    rel_update_error: float = 0.0
+    info: dict[str, Any] = field(default_factory=dict)  # the method's block-level notes
 
 
 @dataclass
@@ -133,6 +137,8 @@ class _BlockOutcome:
     masks: dict[str, torch.Tensor]  # role -> keep-mask
     layers: list[LayerRecord]
     rel_error: float
+    rel_update_error: float = 0.0
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 def _prune_block(
@@ -181,6 +187,7 @@ def _prune_block(
         dense_outputs=outputs,
         forward=forward,
         device=device,
+        kwargs=kwargs,
     )
     try:
         block_masks = method.prune_block(ctx)
@@ -197,14 +204,16 @@ def _prune_block(
     # The dense copies become ΔW = W − W' in place: no third copy of the block's weights.
     meters = {role: _ErrorMeter(dense_weights.pop(role).sub_(lin.weight.detach())) for role, lin in linears.items()}
     handles = [linears[role].register_forward_hook(meter) for role, meter in meters.items()]
-    err_num = err_den = 0.0
+    err_num = err_den = update_den = 0.0
     with torch.no_grad():
         try:
             for s in range(nsamples):
-                pruned = forward(inputs[s : s + 1].to(device))[0]
+                hidden = inputs[s : s + 1].to(device)
+                pruned = forward(hidden)[0]
                 dense = outputs[s].to(device)
                 err_num += float((pruned - dense).float().pow(2).sum())
                 err_den += float(dense.float().pow(2).sum())
+                update_den += float((dense - hidden[0]).float().pow(2).sum())
                 outputs[s] = pruned.to(offload)
         finally:
             for handle in handles:
@@ -226,7 +235,8 @@ def _prune_block(
             )
         )
     masks = {role: block_masks[role].detach().to("cpu", torch.bool) for role in linears}
-    return _BlockOutcome(masks, records, err_num / err_den if err_den > 0 else 0.0)
+    return _BlockOutcome(masks, records, err_num / err_den if err_den > 0 else 0.0,
+                         err_num / update_den if update_den > 0 else 0.0, ctx.block_info)
 
 
 def _dense_block(index, block, layout, inputs, outputs, kwargs, device, offload) -> _BlockOutcome:
@@ -306,7 +316,8 @@ def run_layerwise(
             skipped.append({"block": index, "reason": str(exc).split(";")[0]})
             outcome = _dense_block(index, block, layout, inputs, outputs, kwargs, device, offload)
         layer_records.extend(outcome.layers)
-        block_records.append(BlockRecord(index, outcome.rel_error, time.perf_counter() - start))
+        block_records.append(BlockRecord(index, outcome.rel_error, time.perf_counter() - start,
+                                         outcome.rel_update_error, outcome.info))
         named_masks = {f"{layout.layers}.{index}.{layout.components[role]}.weight": m for role, m in outcome.masks.items()}
         inputs, outputs = outputs, inputs
         if checkpoint is not None:

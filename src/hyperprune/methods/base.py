@@ -35,6 +35,8 @@ class BlockContext:
     forward: Any  # forward(hidden_states) -> outputs, with the captured kwargs bound
     device: torch.device
     info: dict[str, Any] = field(default_factory=dict)  # per-layer notes the method wants in the report
+    kwargs: dict[str, Any] = field(default_factory=dict)  # what ``forward`` binds (masks, positions)
+    block_info: dict[str, Any] = field(default_factory=dict)  # block-level notes for the report
 
 
 class PruningMethod(ABC):

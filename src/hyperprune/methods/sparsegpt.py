@@ -65,12 +65,16 @@ def sparsegpt_prune(
     target: SparsityTarget,
     options: SparseGPTOptions = SparseGPTOptions(),
     where: str = "layer",
+    keep_mask: torch.Tensor | None = None,
 ) -> SparseGPTResult:
     """Prune ``weight`` [d_out, d_in] given H = 2XXᵀ/n [d_in, d_in] (SparseGPT, Alg. 1).
 
     Columns are processed left to right in lazy blocks of ``blocksize``. n:m groups are
     chosen when the scan reaches a group's first column, by the OBS saliency
     w² / [H⁻¹]_jj² (Eq. 3), and the remaining columns absorb the error (Eq. 2).
+
+    With ``keep_mask`` given, no selection happens: the same sequential OBS update
+    refits the kept weights for that fixed mask (HyperPrune's ``--refit``).
     """
     W = weight.detach().clone().float()
     H = hessian.detach().clone().float()
@@ -92,7 +96,9 @@ def sparsegpt_prune(
         Err1 = torch.zeros_like(W1)
         Hinv1 = Hinv[i1:i2, i1:i2]
         d1 = torch.diag(Hinv1)
-        if pattern is None:
+        if keep_mask is not None:
+            mask1 = ~keep_mask[:, i1:i2].to(W.device, torch.bool)
+        elif pattern is None:
             # Unstructured: one threshold for the whole column block (original SparseGPT).
             saliency = W1**2 / d1.reshape(1, -1) ** 2
             n_prune = int(saliency.numel() * target.sparsity)
@@ -105,7 +111,7 @@ def sparsegpt_prune(
         for i in range(count):
             w = W1[:, i]
             d = Hinv1[i, i]
-            if pattern is not None and i % pattern.m == 0:
+            if keep_mask is None and pattern is not None and i % pattern.m == 0:
                 group = W1[:, i : i + pattern.m] ** 2 / d1[i : i + pattern.m].reshape(1, -1) ** 2
                 # Prune the m-n least salient; a stable sort breaks ties toward the lower column.
                 order = torch.sort(group, dim=1, stable=True).indices[:, : pattern.m - pattern.n]

@@ -1,0 +1,76 @@
+"""The shared hypernetwork h_θ with its layer and component embeddings."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from hyperprune.config import HyperPruneOptions
+from hyperprune.models.architectures import COMPONENTS
+
+
+class HyperNetwork(nn.Module):
+    """An MLP from a group's features plus context (e_ℓ, t) to C(m, n) pattern logits.
+
+    One network serves every layer and component. The context enters only the first
+    linear layer, so its contribution W_e·[e_ℓ; t] is one bias vector per (layer,
+    component), computed once per step instead of concatenated to every group.
+    """
+
+    def __init__(self, in_features: int, num_patterns: int, num_layers: int, options: HyperPruneOptions,
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        width, dim = options.hidden_dim, options.embed_dim
+        self.first = nn.Linear(in_features, width)
+        self.hidden = nn.ModuleList(nn.Linear(width, width) for _ in range(options.depth - 2))
+        self.last = nn.Linear(width, num_patterns)
+        self.activation = nn.GELU()
+        self.layer_embedding = self.layer_projection = None
+        self.component_embedding = self.component_projection = None
+        if options.layer_embedding:
+            self.layer_embedding = nn.Parameter(_embedding_init(num_layers, dim, options.embed_init, generator))
+            self.layer_projection = nn.Linear(dim, width, bias=False)
+        if options.component_embedding:
+            self.component_embedding = nn.Parameter(_embedding_init(len(COMPONENTS), dim, options.embed_init, generator))
+            self.component_projection = nn.Linear(dim, width, bias=False)
+        for layer in [self.first, *self.hidden, self.layer_projection, self.component_projection]:
+            if layer is not None:
+                nn.init.kaiming_uniform_(layer.weight, a=5**0.5, generator=generator)
+                if layer.bias is not None:
+                    nn.init.zeros_(layer.bias)
+        # Zero output: the first logits are uniform, so training starts from the prior.
+        nn.init.zeros_(self.last.weight)
+        nn.init.zeros_(self.last.bias)
+
+    def embedding_parameters(self) -> list[nn.Parameter]:
+        return [p for p in (self.layer_embedding, self.component_embedding) if p is not None]
+
+    def network_parameters(self) -> list[nn.Parameter]:
+        embeddings = {id(p) for p in self.embedding_parameters()}
+        return [p for p in self.parameters() if id(p) not in embeddings]
+
+    def context_bias(self, layer: torch.Tensor, component: torch.Tensor) -> torch.Tensor:
+        """W_e·[e_ℓ; t] for index tensors ``layer`` and ``component`` (same shape)."""
+        bias = torch.zeros(*layer.shape, self.first.out_features, device=self.first.weight.device)
+        if self.layer_embedding is not None:
+            bias = bias + self.layer_projection(self.layer_embedding[layer])
+        if self.component_embedding is not None:
+            bias = bias + self.component_projection(self.component_embedding[component])
+        return bias
+
+    def forward(self, features: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """Logits ``[G, P]`` for ``features`` ``[G, F]``; ``bias`` is ``[hidden]`` or ``[G, hidden]``."""
+        hidden = self.activation(self.first(features) + bias)
+        for layer in self.hidden:
+            hidden = self.activation(layer(hidden))
+        return self.last(hidden)
+
+
+def _embedding_init(count: int, dim: int, kind: str, generator: torch.Generator | None) -> torch.Tensor:
+    """Gaussian with variance 0.01, or one-hot plus that noise (paper, App. D.4)."""
+    noise = torch.randn(count, dim, generator=generator) * 0.1
+    if kind == "gaussian":
+        return noise
+    onehot = torch.zeros(count, dim)
+    onehot[torch.arange(count), torch.arange(count) % dim] = 1.0
+    return onehot + noise * 0.1

@@ -1,0 +1,216 @@
+"""HyperPrune: the pure math, the method on tiny random models, ablations and resume."""
+
+import math
+
+import pytest
+import torch
+
+from conftest import tiny_model
+from hyperprune.config import HyperPruneOptions, PruneConfig, SparsityTarget
+from hyperprune.engine import run_layerwise
+from hyperprune.masks import count_nm_violations, nm_patterns
+from hyperprune.methods import get_method
+from hyperprune.methods.hyperprune import objectives as obj
+from hyperprune.methods.hyperprune.network import HyperNetwork
+from hyperprune.models import layout_for, prunable_weight_names
+
+CPU = torch.device("cpu")
+FAST = dict(steps=15, hidden_dim=32, depth=3)
+
+
+def calib_ids(nsamples=4, seqlen=24, seed=0):
+    return torch.randint(0, 256, (nsamples, seqlen), generator=torch.Generator().manual_seed(seed))
+
+
+def run(method="hyperprune", pattern="2:4", seed=0, model_seed=0, nsamples=4, layers=3, **options):
+    model = tiny_model("llama", seed=model_seed, num_hidden_layers=layers)
+    config = PruneConfig(method=method, target=SparsityTarget(pattern=pattern), nsamples=nsamples, seed=seed,
+                         hyperprune=HyperPruneOptions(**{**FAST, **options}))
+    instance = get_method(method)(config)
+    result = run_layerwise(model, layout_for("llama"), instance, calib_ids(nsamples), CPU, progress=False)
+    return model, result, instance
+
+
+# ---------------------------------------------------------------- pure math
+@pytest.mark.parametrize("n,m", [(2, 4), (1, 4), (4, 8), (3, 8), (1, 2)])
+def test_patterns_are_all_distinct_n_hot_vectors(n, m):
+    patterns = nm_patterns(n, m)
+    assert patterns.shape == (math.comb(m, n), m)
+    assert torch.all(patterns.sum(1) == n)
+    assert set(patterns.unique().tolist()) <= {0.0, 1.0}
+    assert len({tuple(row.tolist()) for row in patterns}) == math.comb(m, n)
+
+
+def test_relaxation_tends_to_the_argmax_as_tau_goes_to_zero():
+    patterns = nm_patterns(2, 4)
+    logits = torch.randn(500, 6, generator=torch.Generator().manual_seed(0))
+    hard = obj.hard_mask(logits, patterns).float()
+    gaps = [(obj.relaxed_mask(logits, patterns, tau) - hard).abs().mean().item() for tau in (1.0, 0.1, 0.01, 1e-6)]
+    assert gaps[0] > 0.1 and gaps[0] > gaps[1] > gaps[2] > gaps[3]
+    assert (obj.relaxed_mask(logits, patterns, 1e-6) - hard).abs().max() < 1e-4
+    # Gumbel samples become exact patterns (one-hot z) as τ → 0 ...
+    sample = obj.relaxed_mask(logits, patterns, 1e-4, gumbel=True, generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(sample.sum(1), torch.full((500,), 2.0)) and torch.all((sample < 1e-4) | (sample > 1 - 1e-4))
+    # ... and with a dominant logit they are the argmax itself.
+    dominant = torch.nn.functional.one_hot(logits.argmax(1), 6).float() * 50
+    sharp = obj.relaxed_mask(dominant, patterns, 1e-4, gumbel=True, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(sharp.round().bool(), obj.hard_mask(logits, patterns))
+
+
+def test_straight_through_is_hard_forward_and_soft_backward():
+    patterns = nm_patterns(2, 4)
+    logits = torch.randn(8, 6, requires_grad=True)
+    mask = obj.relaxed_mask(logits, patterns, 1.0, straight_through=True)
+    assert torch.equal(mask, obj.hard_mask(logits.detach(), patterns).float())
+    (mask * torch.randn(8, 4)).sum().backward()
+    assert logits.grad.abs().sum() > 0
+
+
+def test_outlier_term_from_moments_equals_the_sample_expectation():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(20000, 16, generator=gen) * torch.linspace(0.1, 3, 16) + torch.linspace(-2, 2, 16)
+    weight = torch.randn(8, 16, generator=gen)
+    keep = torch.rand(8, 16, generator=gen)  # a relaxed mask
+    masked = weight * keep
+    direct = (masked.unsqueeze(0) * x.unsqueeze(1)).pow(2).sum(dim=(1, 2)).mean()  # E_x ‖Ŵ·Diag(x)‖²
+    mean, variance = x.mean(0), x.var(0, unbiased=False)
+    assert obj.outlier_energy(masked, mean, variance).item() == pytest.approx(direct.item(), rel=1e-4)
+
+
+def test_prior_log_probs_prefer_the_prior_pattern():
+    patterns = nm_patterns(2, 4)
+    table = obj.prior_log_probs(patterns, patterns, beta=10.0)
+    assert torch.equal(table.argmax(1), torch.arange(6))
+    assert torch.allclose(table.exp().sum(1), torch.ones(6))
+
+
+def test_schedules():
+    assert obj.temperature(0, 1.0, 0.5, 1e-4) == 1.0
+    assert obj.temperature(10**6, 1.0, 0.5, 1e-4) == 0.5
+    eta = obj.decay_to_reach(1.0, 0.1, 150)
+    assert obj.temperature(150, 1.0, 0.1, eta) == pytest.approx(0.1)
+    assert obj.prior_weight(0, 100, 3.0, 2.0) == 3.0
+    assert obj.prior_weight(100, 100, 3.0, 2.0) == pytest.approx(3.0 * math.exp(-2))
+
+
+def test_group_features_shape_and_locality():
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(6, 16, generator=gen)
+    names = ("weight", "wanda", "saliency", "hdiag", "hinv", "coupling")
+    feats = obj.group_features(weight, torch.randn(6, 16, generator=gen), torch.rand(16) + 0.1, torch.rand(16) + 0.1,
+                               torch.rand(16) + 0.1, 4, names)
+    assert feats.shape == (6 * 4, 4 * len(names)) and torch.isfinite(feats).all()
+    # the first 4 inputs of group (row 1, group 2) are row 1's weights 8..11, row-normalized
+    rms = weight[1].pow(2).mean().sqrt()
+    assert torch.allclose(feats[1 * 4 + 2, :4], weight[1, 8:12] / rms)
+
+
+# ---------------------------------------------------------------- the method
+@pytest.mark.parametrize("pattern", ["2:4", "1:4", "4:8"])
+@pytest.mark.parametrize("method", ["hyperprune", "hyperprune+refit"])
+def test_final_masks_are_exactly_nm(pattern, method):
+    model, result, _ = run(method, pattern, steps=5)
+    n, m = map(int, pattern.split(":"))
+    params = dict(model.named_parameters())
+    for name in prunable_weight_names(model, layout_for("llama")):
+        weight = params[name].detach()
+        assert count_nm_violations(weight, n, m) == 0, name
+        assert torch.all(weight[~result.masks[name]] == 0)
+        assert result.masks[name].sum() == weight.numel() * n // m
+
+
+@pytest.mark.parametrize("prior", ["sparsegpt", "wanda"])
+def test_a_dominant_prior_gives_the_prior_mask(prior):
+    _, result, _ = run(prior=prior, prior_gamma=1e4, prior_decay=0.0, steps=10, lr=1e-2)
+    _, reference, _ = run(prior, "2:4")
+    # SparseGPT updates weights, so later blocks see other inputs: compare block 0 there.
+    names = [k for k in result.masks if prior == "wanda" or ".layers.0." in k]
+    for name in names:
+        assert torch.equal(result.masks[name], reference.masks[name]), name
+    for record in result.layers:
+        assert record.info["changed_vs_prior"] == 0.0
+
+
+def test_training_beats_the_prior_mask_on_the_layer_objective():
+    """With a weak prior (Wanda), the learned masks reconstruct each layer better than it."""
+    _, result, _ = run(prior="wanda", steps=150, lr=5e-3, tau_final=0.05, hidden_dim=64, layers=2, nsamples=8)
+    learned = sum(r.info["mask_error"] for r in result.layers)
+    prior = sum(r.info["prior_error"] for r in result.layers)
+    assert learned < 0.97 * prior, (learned, prior)
+
+
+def test_training_beats_the_prior_mask_on_the_block_objective():
+    _, trained, _ = run(prior="wanda", objective="block", steps=40, lr=5e-3, tau_final=0.05, layers=1, nsamples=8)
+    _, untrained, _ = run(prior="wanda", objective="block", steps=0, layers=1, nsamples=8)
+    assert trained.blocks[0].rel_output_error < untrained.blocks[0].rel_output_error
+
+
+def test_refit_keeps_the_mask_and_lowers_the_error():
+    _, plain, _ = run("hyperprune", steps=10)
+    _, refit, _ = run("hyperprune+refit", steps=10)
+    for name in [k for k in plain.masks if ".layers.0." in k]:  # later blocks see other inputs
+        assert torch.equal(plain.masks[name], refit.masks[name])
+    assert sum(r.rel_error for r in refit.layers[:7]) < sum(r.rel_error for r in plain.layers[:7])
+
+
+def test_same_seed_same_masks_and_another_seed_differs():
+    _, a, _ = run(seed=3, relaxation="gumbel")
+    _, b, _ = run(seed=3, relaxation="gumbel")
+    _, c, _ = run(seed=4, relaxation="gumbel")
+    assert all(torch.equal(a.masks[k], b.masks[k]) for k in a.masks)
+    assert any(not torch.equal(a.masks[k], c.masks[k]) for k in a.masks)
+
+
+def test_continual_term_is_zero_after_the_copy_and_rises_when_the_network_moves():
+    _, _, method = run(layers=2)
+    assert method.cache_features.shape[0] == 2 * 7 * method.options.continual_groups
+    network = method.network
+    assert method._continual_term(network).item() == pytest.approx(0.0, abs=1e-10)
+    with torch.no_grad():
+        network.last.weight.add_(0.01)
+    assert method._continual_term(network).item() > 1e-6
+
+
+def _parameter_count(**options):
+    opts = HyperPruneOptions(**{**FAST, **options})
+    return sum(p.numel() for p in HyperNetwork(8, 6, 10, opts).parameters())
+
+
+def test_embedding_switches_remove_exactly_their_parameters():
+    full = _parameter_count()
+    d, width = 64, FAST["hidden_dim"]
+    assert full - _parameter_count(layer_embedding=False) == 10 * d + d * width
+    assert full - _parameter_count(component_embedding=False) == 7 * d + d * width
+    assert full - _parameter_count(layer_embedding=False, component_embedding=False) == 17 * d + 2 * d * width
+
+
+def test_loss_switches_remove_exactly_their_terms():
+    def terms(**options):
+        _, result, _ = run(layers=2, **options)
+        block1 = result.blocks[1].info
+        return {k for k in block1 if k.startswith("final_") and k != "final_tau"}, result
+
+    full, _ = terms()
+    assert full == {"final_reconstruction", "final_outlier", "final_continual"}
+    assert terms(outlier=False)[0] == full - {"final_outlier"}
+    assert terms(continual=False)[0] == full - {"final_continual"}
+    _, no_prior = terms(prior="none")
+    assert all("prior_error" not in r.info for r in no_prior.layers)
+
+
+def test_unstructured_sparsity_is_refused():
+    from hyperprune.api import run_method  # noqa: F401  (the API checks supports_unstructured)
+
+    assert not get_method("hyperprune").supports_unstructured
+
+
+def test_state_dict_round_trip_reproduces_the_network():
+    _, _, method = run(layers=2)
+    state = method.state_dict()
+    fresh = get_method("hyperprune")(method.config)
+    fresh.load_state_dict(state)
+    features = torch.randn(5, fresh.shape[0])
+    bias = fresh.network.context_bias(torch.tensor([1] * 5), torch.tensor([2] * 5))
+    assert torch.equal(fresh.network(features, bias), method.network(features, method.network.context_bias(
+        torch.tensor([1] * 5), torch.tensor([2] * 5))))
+    assert torch.equal(fresh.cache_targets, method.cache_targets)
