@@ -33,23 +33,27 @@ def main(argv: list[str] | None = None) -> int:
     _add_pruning(parser)
     _add_eval(parser, DEFAULT_EVAL)
     parser.add_argument("--with-baselines", default="sparsegpt", help="comma-separated methods run alongside")
-    parser.add_argument("--json", default=None)
+    parser.add_argument("--only", default=None, help="comma-separated variant numbers (0 = all parts) to run")
+    parser.add_argument("--json", default=None, help="results, rewritten after each variant")
     args = parser.parse_args(argv)
     base = _config(args, "hyperprune")
     runs: list = [name for name in args.with_baselines.split(",") if name]
-    for label, switch in ABLATIONS.items():
+    chosen = {int(i) for i in args.only.split(",")} if args.only else set(range(len(ABLATIONS)))
+    for number, (label, switch) in enumerate(ABLATIONS.items()):
+        if number not in chosen:
+            continue
         options = base.hyperprune.model_copy(update=switch)
         runs.append((label, base.model_copy(update={"hyperprune": options})))
     sources = [s.strip() for s in args.eval.split(",") if s.strip()]
-    result = compare(runs, base, eval_source=sources, eval_windows=args.eval_windows, progress=not args.quiet)
+    save = (lambda partial: write_json(args.json, partial)) if args.json else None
+    result = compare(runs, base, eval_source=sources, eval_windows=args.eval_windows, progress=not args.quiet,
+                     on_method_done=save)
     headers = ["variant", *[f"PPL {s}" for s in sources], "block err", "prune s"]
     rows = []
     for label, entry in result["methods"].items():
         rows.append([label, *[f"{entry['ppl_by_eval'][s]:.2f}" for s in sources],
                      f"{entry.get('mean_block_rel_update_error', 0):.4f}", f"{entry['prune_seconds']:.1f}"])
     _print_table(headers, rows)
-    if args.json:
-        write_json(args.json, result)
     return 0
 
 

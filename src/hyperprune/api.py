@@ -341,6 +341,7 @@ def compare(
     eval_windows: int | None = None,
     progress: bool = True,
     trust_remote_code: bool = False,
+    on_method_done: Any = None,
 ) -> dict[str, Any]:
     """Run several methods on the same model, calibration windows and evaluation windows.
 
@@ -349,6 +350,7 @@ def compare(
     Several evaluation sources may be given: ``ppl`` is on the first, ``ppl_by_eval`` on all.
     A method may be given as ``(label, config)`` to compare variants of one method
     (ablations); its config must share the model and calibration settings.
+    ``on_method_done(result_so_far)`` is called after each method (for partial saves).
     """
     config = config or PruneConfig()
     runs = [(m, config.model_copy(update={"method": m})) if isinstance(m, str) else m for m in methods]
@@ -411,6 +413,8 @@ def compare(
         loaded.model.to("cpu")
         out["methods"][name] = {"ppl": by_eval[eval_sources[0]], **entry, "ppl_by_eval": by_eval}
         log.info("%s: ppl %s", name, by_eval)
+        if on_method_done is not None:
+            on_method_done(out)
     return out
 
 

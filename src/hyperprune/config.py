@@ -147,7 +147,7 @@ class HyperPruneOptions(BaseModel):
     outlier: bool = True
     lambda_outlier: float = Field(0.1, ge=0, description="λ1, weight of the (normalized) feature-outlier term")
     continual: bool = True
-    lambda_continual: float = Field(1.0, ge=0, description="λ2, weight of the continual-pruning term")
+    lambda_continual: float = Field(0.1, ge=0, description="λ2, weight of the continual-pruning term")
     continual_groups: int = Field(50, gt=0, description="weight groups cached per finished layer (paper: ~50)")
     row_fraction: float = Field(
         0.25, gt=0.0, le=1.0, description="rows sampled per step on the layer objective (unbiased; 1 = all rows)"
