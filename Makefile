@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 DEMO_DIR ?= runs/demo-smollm2-2of4-sparsegpt
 
-.PHONY: install demo test test-all benchmark benchmark-scale clean
+.PHONY: install demo test test-all benchmark benchmark-hyperprune benchmark-scale clean
 
 install: $(VENV)/.installed
 
@@ -35,6 +35,12 @@ benchmark: install
 	$(VENV)/bin/hyperprune compare --methods dense,magnitude,wanda,sparsegpt --pattern 2:4 \
 		--nsamples 32 --seqlen 512 --eval sotu,brown-test,shakespeare --eval-windows 40 \
 		--json benchmarks/results/compare-2of4-smollm2.json
+
+# HyperPrune side by side with the baselines, one run (about 45 minutes on 2 CPU cores).
+benchmark-hyperprune: install
+	$(VENV)/bin/hyperprune compare --methods dense,magnitude,wanda,sparsegpt,hyperprune,hyperprune+refit \
+		--pattern 2:4 --nsamples 32 --seqlen 512 --eval sotu,brown-test,shakespeare --eval-windows 40 \
+		--json benchmarks/results/compare-2of4-hyperprune.json
 
 # Streams LLaMA-2-7B-shaped random bf16 checkpoints (8 and 32 blocks; ~17 GB of disk in SCALE_DIR).
 SCALE_DIR ?= runs/scale

@@ -155,3 +155,30 @@ def test_prune_eval_verify_compare_happy_path(capsys, base_args, tmp_path, calib
                          "--eval-windows", "4", "--quiet", "--json", str(eval_json))
     assert cmp["methods"]["dense"]["ppl"] == pytest.approx(json.loads(eval_json.read_text())["ppl"], rel=1e-6)
     assert cmp["methods"]["magnitude"]["ppl"] != cmp["methods"]["sparsegpt"]["ppl"]
+
+
+@pytest.mark.parametrize(
+    "flags,needle",
+    [
+        (["--features", "weight,bogus"], "bogus"),
+        (["--steps", "-1"], "steps"),
+        (["--row-fraction", "0"], "row_fraction"),
+        (["--sparsity", "0.5"], "--pattern"),
+    ],
+)
+def test_bad_hyperprune_options(capsys, base_args, flags, needle):
+    out, args = base_args
+    code, _, err = run_cli(capsys, *args, "--method", "hyperprune", *flags)
+    assert_clean_failure(code, err, out, needle)
+
+
+def test_hyperprune_flags_reach_the_report(capsys, base_args):
+    out, args = base_args
+    code, _, err = run_cli(capsys, *args, "--method", "hyperprune+refit", "--steps", "3", "--hidden-dim", "8",
+                           "--no-layer-emb", "--no-outlier", "--prior", "wanda", "--lambda-continual", "2.5",
+                           "--features", "weight,coupling")
+    assert code == 0, err
+    config = json.loads((out / "report.json").read_text())["config"]["hyperprune"]
+    assert config["steps"] == 3 and config["hidden_dim"] == 8 and config["prior"] == "wanda"
+    assert config["layer_embedding"] is False and config["outlier"] is False and config["component_embedding"] is True
+    assert config["lambda_continual"] == 2.5 and config["features"] == ["weight", "coupling"]

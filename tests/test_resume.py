@@ -242,3 +242,20 @@ def test_streaming_memory_does_not_grow_with_depth(tmp_path, tokenizer, calib_fi
     mib = {k: v / 2**20 for k, v in peaks.items()}
     assert in_memory_growth > 100 * 2**20, mib  # the measurement can see 10 blocks
     assert streamed_growth < 0.3 * in_memory_growth, mib
+
+
+def test_hyperprune_state_survives_a_kill_and_resume_is_bit_identical(tmp_path, model_dir, calib_file):
+    """The hypernetwork, embeddings and continual cache carry over blocks: resume restores them."""
+    flags = ["--method", "hyperprune", "--steps", "6", "--hidden-dim", "16", "--relaxation", "gumbel"]
+    reference = tmp_path / "reference"
+    assert main(prune_args(model_dir, calib_file, reference, "--no-stream", *flags)) == 0
+    out = tmp_path / "killed"
+    killed = run_subprocess(prune_args(model_dir, calib_file, out, *flags), {"HYPERPRUNE_FAULT": "2:after_checkpoint"})
+    assert killed.returncode == -9, killed.stderr[-500:]
+    assert main(prune_args(model_dir, calib_file, out, *flags, "--resume")) == 0
+    assert_bit_identical(reference, out)
+    report = json.loads((out / "report.json").read_text())
+    assert report["resumed_from_block"] == 3
+    assert report["config"]["hyperprune"]["steps"] == 6
+    # the method's report notes survive too
+    assert all("mask_error" in layer["info"] for layer in report["layers"])
