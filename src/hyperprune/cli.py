@@ -261,8 +261,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         progress=not args.quiet,
         trust_remote_code=args.trust_remote_code,
-        # A long comparison keeps what it has measured if it is stopped midway.
-        on_method_done=(lambda partial: write_json(args.json, partial)) if args.json else None,
     )
     print(f"{result['model']}  {result['eval']}  seqlen {result['seqlen']}  tokens {result['tokens']}  PPL {result['ppl']:.4f}")
     if args.json:
