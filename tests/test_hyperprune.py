@@ -199,8 +199,6 @@ def test_loss_switches_remove_exactly_their_terms():
 
 
 def test_unstructured_sparsity_is_refused():
-    from hyperprune.api import run_method  # noqa: F401  (the API checks supports_unstructured)
-
     assert not get_method("hyperprune").supports_unstructured
 
 

@@ -36,7 +36,6 @@ class LayerProblem:
     weight: torch.Tensor  # [d_out, d_in]
     hessian: torch.Tensor  # H = 2XXᵀ/n
     dense_energy: torch.Tensor  # [d_out] diag(W H Wᵀ), the rows' dense output energy
-    second_moment: torch.Tensor  # [d_in] E[x_j²] = mean² + variance
     mean: torch.Tensor
     variance: torch.Tensor
     outlier_dense: torch.Tensor  # [d_out] Σ_j W_ij² E[x_j²]
@@ -88,38 +87,55 @@ def _pattern_index(keep: torch.Tensor, patterns: torch.Tensor) -> torch.Tensor:
     return index
 
 
-def build_problem(role: str, weight: torch.Tensor, stats: InputStatistics, target: SparsityTarget,
-                  prior: str, config: PruneConfig) -> LayerProblem:
+@dataclass
+class InputTerms:
+    """What depends only on a layer's inputs: computed once per group of layers sharing an
+    input (q/k/v, gate/up) rather than once per layer."""
+
+    hessian: torch.Tensor  # H = 2XXᵀ/n, dead inputs pinned to 1 as SparseGPT does
+    hessian_diag: torch.Tensor
+    hinv_diag: torch.Tensor  # SparseGPT's [H⁻¹]_jj (Cholesky form) in w²/[H⁻¹]²_jj
+    column_norms: torch.Tensor
+    mean: torch.Tensor
+    variance: torch.Tensor
+
+
+def input_terms(stats: InputStatistics, config: PruneConfig, where: str) -> InputTerms:
+    H = stats.hessian().float().clone()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1.0  # dead inputs would make H singular
+    upper, _ = inverse_hessian_cholesky(H, config.sparsegpt.percdamp, config.sparsegpt.max_damp_retries, where)
+    return InputTerms(H, torch.diag(H), torch.diag(upper), stats.column_norms.float(), stats.mean.float(),
+                      stats.variance.float())
+
+
+def build_problem(role: str, weight: torch.Tensor, stats: InputStatistics, terms: InputTerms,
+                  target: SparsityTarget, prior: str, config: PruneConfig) -> LayerProblem:
     """Everything per layer that stays fixed while the hypernetwork trains."""
     pattern = target.pattern
     W = weight.detach().float()
-    H = stats.hessian().float().clone()
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1.0  # as SparseGPT: dead inputs would make H singular
-    upper, _ = inverse_hessian_cholesky(H, config.sparsegpt.percdamp, config.sparsegpt.max_damp_retries, role)
-    column_norms = stats.column_norms.float()
-    wanda_keep = nm_mask_from_scores(wanda_scores(W, column_norms), pattern.n, pattern.m)
+    H = terms.hessian
+    wanda_keep = nm_mask_from_scores(wanda_scores(W, terms.column_norms), pattern.n, pattern.m)
     delta = W * (~wanda_keep)
     prior_keep = None
     if prior == "wanda":
         prior_keep = wanda_keep
     elif prior == "sparsegpt":
         prior_keep = sparsegpt_prune(W, stats.hessian(), target, config.sparsegpt, role).mask
-    second_moment = stats.mean.float().pow(2) + stats.variance.float()
+    second_moment = terms.mean.pow(2) + terms.variance  # E[x_j²]
     return LayerProblem(
         role=role,
         component=COMPONENTS.index(role),
         weight=W,
         hessian=H,
         dense_energy=((W @ H) * W).sum(dim=1),
-        second_moment=second_moment,
-        mean=stats.mean.float(),
-        variance=stats.variance.float(),
+        mean=terms.mean,
+        variance=terms.variance,
         outlier_dense=(W.pow(2) * second_moment).sum(dim=1),
         coupling=W * (delta @ H),
-        column_norms=column_norms,
-        hessian_diag=torch.diag(H),
-        hinv_diag=torch.diag(upper),  # SparseGPT's [H⁻¹]_jj (Cholesky form) in w²/[H⁻¹]²_jj
+        column_norms=terms.column_norms,
+        hessian_diag=terms.hessian_diag,
+        hinv_diag=terms.hinv_diag,
         prior_keep=prior_keep,
         prior_index=None,
         m=pattern.m,
@@ -183,9 +199,13 @@ class HyperPrune(PruningMethod):
         device = ctx.device
         patterns = nm_patterns(pattern.n, pattern.m).to(device)
         prior_table = obj.prior_log_probs(patterns, patterns, opts.prior_beta)
-        problems = {}
+        problems, shared_inputs = {}, {}
         for role, linear in ctx.linears.items():
-            problem = build_problem(role, linear.weight, ctx.statistics[role], ctx.target, opts.prior, self.config)
+            stats = ctx.statistics[role]
+            if id(stats) not in shared_inputs:
+                shared_inputs[id(stats)] = input_terms(stats, self.config, f"block {ctx.index} {role}")
+            problem = build_problem(role, linear.weight, stats, shared_inputs[id(stats)], ctx.target, opts.prior,
+                                    self.config)
             if problem.prior_keep is not None:
                 problem.prior_index = _pattern_index(problem.prior_keep, patterns)
             problem.cache_features(opts.features, _FEATURE_CACHE_BYTES)
