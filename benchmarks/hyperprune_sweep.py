@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from hyperprune.api import load_for
-from hyperprune.config import HyperPruneOptions, PruneConfig
+from hyperprune.config import HyperPruneOptions, PruneConfig, SparseGPTOptions
 from hyperprune.data import calibration_windows, load_text_source
 from hyperprune.engine.capture import capture_block_inputs
 from hyperprune.engine.layerwise import _prune_block, block_output
@@ -111,8 +111,11 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     for text in variants:
         method_name, options = parse_variant(text)
+        # Keys prefixed sparsegpt_ set SparseGPTOptions (e.g. sparsegpt:sparsegpt_refit=lstsq).
+        sgpt = {k.removeprefix("sparsegpt_"): v for k, v in options.items() if k.startswith("sparsegpt_")}
+        hp = {k: v for k, v in options.items() if not k.startswith("sparsegpt_")}
         config = base.model_copy(update={"method": method_name, "nsamples": args.nsamples,
-                                         "hyperprune": HyperPruneOptions(**options)})
+                                         "sparsegpt": SparseGPTOptions(**sgpt), "hyperprune": HyperPruneOptions(**hp)})
         method = get_method(method_name)(config)
         inputs, held = calib.clone(), heldout.clone()
         outputs = torch.empty_like(inputs)

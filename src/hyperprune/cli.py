@@ -42,6 +42,10 @@ def _add_pruning(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"calibration sampling seed (default: {DEFAULT_SEED})")
     p.add_argument("--percdamp", type=float, default=SparseGPTOptions().percdamp, help="SparseGPT dampening, fraction of mean diag(H) (default: 0.01)")
     p.add_argument("--blocksize", type=int, default=SparseGPTOptions().blocksize, help="SparseGPT lazy-update block size (default: 128)")
+    p.add_argument("--sparsegpt-refit", default=SparseGPTOptions().refit, choices=["obs", "lstsq"],
+                   help="SparseGPT's weight update: its sequential OBS update, or its mask then the exact least-squares refit (default: obs)")
+    p.add_argument("--sparsegpt-lstsq-damp", type=float, default=SparseGPTOptions().lstsq_damp,
+                   help=f"λ of SparseGPT's lstsq refit, fraction of mean diag H (default: {SparseGPTOptions().lstsq_damp})")
     p.add_argument("--no-offload", action="store_true", help="keep calibration activations on the compute device")
     p.add_argument("--offload-to-disk", action="store_true", help="keep calibration activations in memory-mapped files (when they don't fit in RAM)")
     p.add_argument("--on-nan", default="error", choices=["error", "skip"], help="on NaN/Inf: stop (default) or keep that block dense")
@@ -53,7 +57,8 @@ _HYPERPRUNE_FLAGS = [
     ("--steps", "steps", int, "training steps per block"),
     ("--objective", "objective", ["layer", "block", "two-stage"], "layer: exact quadratic error per linear; block: the paper's block output; two-stage: layer then block"),
     ("--block-fraction", "block_fraction", float, "share of steps on the block objective with --objective two-stage"),
-    ("--relaxation", "relaxation", ["expected", "gumbel"], "expected mask E[M] or Gumbel-Softmax samples"),
+    ("--relaxation", "relaxation", ["exact", "expected", "gumbel"], "exact E_M of the hard-mask loss, the loss at E[M], or Gumbel-Softmax samples"),
+    ("--refresh-every", "refresh_every", int, "recompute mask-dependent features (coupling, delta) every K steps; 0: never"),
     ("--straight-through", "straight_through", "store_true", "hard forward, relaxed gradient"),
     ("--hidden-dim", "hidden_dim", int, "hypernetwork width"),
     ("--depth", "depth", int, "linear layers in the hypernetwork"),
@@ -79,7 +84,11 @@ _HYPERPRUNE_FLAGS = [
     ("--continual-groups", "continual_groups", int, "weight groups cached per finished layer"),
     ("--row-fraction", "row_fraction", float, "rows sampled per step on the layer objective"),
     ("--batch-size", "batch_size", int, "calibration samples per step on the block objective"),
-    ("--refit", "refit", "store_true", "OBS-update the kept weights for the learned mask (the method hyperprune+refit)"),
+    ("--refit", "refit", "store_true", "refit the kept weights for the learned mask (the method hyperprune+refit)"),
+    ("--refit-method", "refit_method", ["obs", "lstsq"], "refit: SparseGPT's sequential OBS update or exact least squares"),
+    ("--refit-damp", "refit_damp", float, "λ of the lstsq refit, fraction of mean diag H"),
+    ("--refit-rounds", "refit_rounds", int, "refit-aware rounds: refit, re-price the mask at the refit weights, train again"),
+    ("--round-steps", "round_steps", int, "training steps per refit-aware round"),
 ]
 
 
@@ -181,7 +190,8 @@ def _config(args: argparse.Namespace, method: str) -> PruneConfig:
             on_nan=args.on_nan,
             offload_to_disk=args.offload_to_disk,
             stream=getattr(args, "stream", None),
-            sparsegpt=SparseGPTOptions(percdamp=args.percdamp, blocksize=args.blocksize),
+            sparsegpt=SparseGPTOptions(percdamp=args.percdamp, blocksize=args.blocksize, refit=args.sparsegpt_refit,
+                                       lstsq_damp=args.sparsegpt_lstsq_damp),
             hyperprune=_hyperprune_options(args),
         )
     except ValueError as exc:  # pydantic's ValidationError is a ValueError

@@ -97,15 +97,24 @@ class SparsityTarget(BaseModel):
         return str(self.pattern) if self.pattern is not None else f"unstructured-{self.sparsity:g}"
 
 
+# Damping of the exact least-squares refit, as a fraction of mean(diag H); chosen on held-out
+# windows by benchmarks/hyperprune_sweep.py (README, "Settings sweep").
+DEFAULT_LSTSQ_DAMP = 0.01
+
+
 class SparseGPTOptions(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     percdamp: float = Field(0.01, gt=0, description="dampening as a fraction of mean(diag H)")
     blocksize: int = Field(128, gt=0, description="columns updated lazily together")
     max_damp_retries: int = Field(4, ge=0, description="retries with 10x dampening on Cholesky failure")
+    refit: Literal["obs", "lstsq"] = Field(
+        "obs", description="obs: SparseGPT's own sequential update; lstsq: its mask, then the exact least-squares refit"
+    )
+    lstsq_damp: float = Field(DEFAULT_LSTSQ_DAMP, gt=0, description="λ of the lstsq refit, fraction of mean(diag H)")
 
 
-HYPERNET_FEATURES = ("weight", "wanda", "saliency", "hdiag", "hinv", "coupling")
+HYPERNET_FEATURES = ("weight", "wanda", "saliency", "hdiag", "hinv", "coupling", "delta", "hblock")
 
 
 class HyperPruneOptions(BaseModel):
@@ -121,8 +130,13 @@ class HyperPruneOptions(BaseModel):
         "reconstruction; two-stage: layer, then block for the last --block-fraction of the steps",
     )
     block_fraction: float = Field(0.25, ge=0.0, le=1.0, description="share of steps on the block objective (two-stage)")
-    relaxation: Literal["expected", "gumbel"] = Field(
-        "expected", description="expected: E[M] = Σ softmax(logits/τ)·s (paper Thm. 1); gumbel: Gumbel-Softmax samples"
+    relaxation: Literal["exact", "expected", "gumbel"] = Field(
+        "exact",
+        description="exact: E_M of the hard-mask loss in closed form (paper Eq. 12; layer objective only, else E[M]); "
+        "expected: the loss at E[M] = Σ softmax(logits/τ)·s (paper Thm. 1); gumbel: Gumbel-Softmax samples",
+    )
+    refresh_every: int = Field(
+        25, ge=0, description="recompute the mask-dependent features (coupling, delta) at the current argmax every K steps; 0: never"
     )
     straight_through: bool = Field(False, description="hard argmax forward, relaxed backward")
     hidden_dim: int = Field(64, gt=0, description="hypernetwork width (paper: 256 or 512)")
@@ -153,7 +167,16 @@ class HyperPruneOptions(BaseModel):
         0.25, gt=0.0, le=1.0, description="rows sampled per step on the layer objective (unbiased; 1 = all rows)"
     )
     batch_size: int = Field(2, gt=0, description="calibration samples per step on the block objective")
-    refit: bool = Field(False, description="after the mask is chosen, OBS-update the kept weights (beyond the paper)")
+    refit: bool = Field(False, description="after the mask is chosen, refit the kept weights (beyond the paper)")
+    refit_method: Literal["obs", "lstsq"] = Field(
+        "lstsq", description="obs: SparseGPT's sequential OBS update; lstsq: exact per-row least squares on the kept set"
+    )
+    refit_damp: float = Field(DEFAULT_LSTSQ_DAMP, gt=0, description="λ of the lstsq refit, fraction of mean(diag H)")
+    refit_rounds: int = Field(
+        0, ge=0, description="refit-aware masks: after training, R times refit, recompute the problem at the refit "
+        "weights and train --round-steps more steps (with --refit)"
+    )
+    round_steps: int = Field(25, ge=1, description="training steps in each refit-aware round")
 
     @field_validator("features", mode="before")
     @classmethod

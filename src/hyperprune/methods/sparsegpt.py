@@ -15,6 +15,7 @@ from hyperprune.config import SparseGPTOptions, SparsityTarget
 from hyperprune.engine.statistics import StatisticsKind
 from hyperprune.errors import HyperpruneError
 from hyperprune.methods.base import PruningMethod, register_method
+from hyperprune.methods.refit import lstsq_refit
 
 log = logging.getLogger(__name__)
 
@@ -132,9 +133,23 @@ def sparsegpt_prune(
 
 @register_method("sparsegpt")
 class SparseGPT(PruningMethod):
+    """SparseGPT's mask and update; with ``refit="lstsq"`` its mask, then the exact refit."""
+
     statistics = StatisticsKind.HESSIAN
+    refit = None  # None: from the options
 
     def prune_linear(self, linear, stats, target, where) -> torch.Tensor:
-        result = sparsegpt_prune(linear.weight.data, stats.hessian(), target, self.config.sparsegpt, where)
-        linear.weight.data.copy_(result.weight)
+        options = self.config.sparsegpt
+        result = sparsegpt_prune(linear.weight.data, stats.hessian(), target, options, where)
+        weight = result.weight
+        if (self.refit or options.refit) == "lstsq":
+            weight = lstsq_refit(linear.weight.data, stats.hessian(), result.mask, options.lstsq_damp)
+        linear.weight.data.copy_(weight)
         return result.mask
+
+
+@register_method("sparsegpt+lstsq")
+class SparseGPTLstsq(SparseGPT):
+    """SparseGPT's mask with the exact least-squares refit (= sparsegpt --sparsegpt-refit lstsq)."""
+
+    refit = "lstsq"

@@ -6,149 +6,34 @@ trained block by block. This module is the orchestration; the math is in
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import torch
 from torch.func import functional_call
 from torch.utils.checkpoint import checkpoint
 
-from hyperprune.config import HyperPruneOptions, PruneConfig, SparsityTarget
-from hyperprune.engine.statistics import InputStatistics, StatisticsKind
-from hyperprune.masks import nm_mask_from_scores, nm_patterns
+from hyperprune.config import HyperPruneOptions, PruneConfig
+from hyperprune.engine.statistics import StatisticsKind
+from hyperprune.masks import nm_patterns
 from hyperprune.methods.base import BlockContext, PruningMethod, register_method
 from hyperprune.methods.hyperprune import objectives as obj
 from hyperprune.methods.hyperprune.network import HyperNetwork
-from hyperprune.methods.scoring import wanda_scores
-from hyperprune.methods.sparsegpt import inverse_hessian_cholesky, sparsegpt_prune
-from hyperprune.models.architectures import COMPONENTS
+from hyperprune.methods.hyperprune.problem import LayerProblem, build_problem, input_terms, pattern_index
+from hyperprune.methods.refit import lstsq_refit, quadratic_output_error
+from hyperprune.methods.sparsegpt import sparsegpt_prune
 
 _CHECKPOINT_GROUPS = 1 << 21  # above this many groups in a layer, recompute h_θ in backward
 _EVAL_GROUPS = 1 << 18  # groups through h_θ at a time when no gradient is needed
 _FEATURE_CACHE_BYTES = 1 << 30  # per layer; larger layers recompute their features each step
 
 
-@dataclass
-class LayerProblem:
-    """One linear layer of the block: its frozen weight and the statistics the losses use."""
-
-    role: str
-    component: int
-    weight: torch.Tensor  # [d_out, d_in]
-    hessian: torch.Tensor  # H = 2XXᵀ/n
-    dense_energy: torch.Tensor  # [d_out] diag(W H Wᵀ), the rows' dense output energy
-    mean: torch.Tensor
-    variance: torch.Tensor
-    outlier_dense: torch.Tensor  # [d_out] Σ_j W_ij² E[x_j²]
-    coupling: torch.Tensor  # [d_out, d_in] W ⊙ (ΔW̃ H) for the Wanda reference mask
-    column_norms: torch.Tensor
-    hessian_diag: torch.Tensor
-    hinv_diag: torch.Tensor
-    prior_keep: torch.Tensor | None  # [d_out, d_in] bool
-    prior_index: torch.Tensor | None  # [G] pattern index of the prior in each group
-    m: int
-    cached_features: torch.Tensor | None = None  # [d_out, d_in/m, F], when small enough to keep
-
-    @property
-    def groups_per_row(self) -> int:
-        return self.weight.shape[1] // self.m
-
-    def cache_features(self, names: tuple[str, ...], budget_bytes: int) -> None:
-        """Features are fixed while the weights are frozen: compute them once if they fit."""
-        size = self.weight.numel() // self.m * self.m * len(names) * 4
-        if size <= budget_bytes:
-            self.cached_features = self.features(None, names).view(self.weight.shape[0], self.groups_per_row, -1)
-
-    def features(self, rows: torch.Tensor | None, names: tuple[str, ...]) -> torch.Tensor:
-        if self.cached_features is not None:
-            chosen = self.cached_features if rows is None else self.cached_features[rows]
-            return chosen.reshape(-1, chosen.shape[-1])
-        sel = slice(None) if rows is None else rows
-        return obj.group_features(self.weight[sel], self.coupling[sel], self.column_norms, self.hessian_diag,
-                                  self.hinv_diag, self.m, names)
-
-    def prior_logits(self, rows: torch.Tensor | None, table: torch.Tensor) -> torch.Tensor | None:
-        if self.prior_index is None:
-            return None
-        index = self.prior_index.view(-1, self.groups_per_row)
-        if rows is not None:
-            index = index[rows]
-        return table[index.reshape(-1)]
-
-
-def _pattern_index(keep: torch.Tensor, patterns: torch.Tensor) -> torch.Tensor:
-    """Index into ``patterns`` of each group's keep-pattern (groups must be exactly n-hot)."""
-    m = patterns.shape[1]
-    powers = 2 ** torch.arange(m, device=keep.device)
-    lookup = torch.full((2**m,), -1, dtype=torch.long, device=keep.device)
-    lookup[(patterns.to(keep.device).long() * powers).sum(1)] = torch.arange(patterns.shape[0], device=keep.device)
-    index = lookup[(keep.reshape(-1, m).long() * powers).sum(1)]
-    if (index < 0).any():
-        raise ValueError("prior mask is not exactly n:m")
-    return index
-
-
-@dataclass
-class InputTerms:
-    """What depends only on a layer's inputs: computed once per group of layers sharing an
-    input (q/k/v, gate/up) rather than once per layer."""
-
-    hessian: torch.Tensor  # H = 2XXᵀ/n, dead inputs pinned to 1 as SparseGPT does
-    hessian_diag: torch.Tensor
-    hinv_diag: torch.Tensor  # SparseGPT's [H⁻¹]_jj (Cholesky form) in w²/[H⁻¹]²_jj
-    column_norms: torch.Tensor
-    mean: torch.Tensor
-    variance: torch.Tensor
-
-
-def input_terms(stats: InputStatistics, config: PruneConfig, where: str) -> InputTerms:
-    H = stats.hessian().float().clone()
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1.0  # dead inputs would make H singular
-    upper, _ = inverse_hessian_cholesky(H, config.sparsegpt.percdamp, config.sparsegpt.max_damp_retries, where)
-    return InputTerms(H, torch.diag(H), torch.diag(upper), stats.column_norms.float(), stats.mean.float(),
-                      stats.variance.float())
-
-
-def build_problem(role: str, weight: torch.Tensor, stats: InputStatistics, terms: InputTerms,
-                  target: SparsityTarget, prior: str, config: PruneConfig) -> LayerProblem:
-    """Everything per layer that stays fixed while the hypernetwork trains."""
-    pattern = target.pattern
-    W = weight.detach().float()
-    H = terms.hessian
-    wanda_keep = nm_mask_from_scores(wanda_scores(W, terms.column_norms), pattern.n, pattern.m)
-    delta = W * (~wanda_keep)
-    prior_keep = None
-    if prior == "wanda":
-        prior_keep = wanda_keep
-    elif prior == "sparsegpt":
-        prior_keep = sparsegpt_prune(W, stats.hessian(), target, config.sparsegpt, role).mask
-    second_moment = terms.mean.pow(2) + terms.variance  # E[x_j²]
-    return LayerProblem(
-        role=role,
-        component=COMPONENTS.index(role),
-        weight=W,
-        hessian=H,
-        dense_energy=((W @ H) * W).sum(dim=1),
-        mean=terms.mean,
-        variance=terms.variance,
-        outlier_dense=(W.pow(2) * second_moment).sum(dim=1),
-        coupling=W * (delta @ H),
-        column_norms=terms.column_norms,
-        hessian_diag=terms.hessian_diag,
-        hinv_diag=terms.hinv_diag,
-        prior_keep=prior_keep,
-        prior_index=None,
-        m=pattern.m,
-    )
-
-
 @register_method("hyperprune")
 class HyperPrune(PruningMethod):
-    """Learned n:m masks (HyperPrune); ``options.refit`` adds an OBS update of the kept weights."""
+    """Learned n:m masks (HyperPrune); ``options.refit`` adds a refit of the kept weights."""
 
     statistics = StatisticsKind.HESSIAN
     supports_unstructured = False
     force_refit = False
+    checkpoint_groups = _CHECKPOINT_GROUPS  # class attribute, so a test can force the checkpointed path
 
     def __init__(self, config: PruneConfig) -> None:
         super().__init__(config)
@@ -156,6 +41,7 @@ class HyperPrune(PruningMethod):
         if self.force_refit:
             self.options = self.options.model_copy(update={"refit": True})
         self.network: HyperNetwork | None = None
+        self._round_timing: dict[str, float] = {}
         self.shape: tuple[int, int, int] | None = None  # in_features, patterns, layers
         self.cache_features = torch.zeros(0)
         self.cache_layers = torch.zeros(0, dtype=torch.long)
@@ -203,42 +89,101 @@ class HyperPrune(PruningMethod):
         for role, linear in ctx.linears.items():
             stats = ctx.statistics[role]
             if id(stats) not in shared_inputs:
-                shared_inputs[id(stats)] = input_terms(stats, self.config, f"block {ctx.index} {role}")
+                shared_inputs[id(stats)] = input_terms(stats, self.config, pattern.m, f"block {ctx.index} {role}")
             problem = build_problem(role, linear.weight, stats, shared_inputs[id(stats)], ctx.target, opts.prior,
-                                    self.config)
-            if problem.prior_keep is not None:
-                problem.prior_index = _pattern_index(problem.prior_keep, patterns)
-            problem.cache_features(opts.features, _FEATURE_CACHE_BYTES)
+                                    patterns, self.config)
+            problem.refresh(problem.current_keep, opts.features, _FEATURE_CACHE_BYTES, opts.relaxation == "exact")
             problems[role] = problem
-        in_features = pattern.m * len(opts.features)
+        in_features = obj.feature_width(opts.features, pattern.n, pattern.m)
         if self.network is None:
             self._build_network(in_features, patterns.shape[0], ctx.num_blocks)
         network = self.network.to(device)
         generator = torch.Generator(device=device).manual_seed(self.config.seed * 1_000_003 + ctx.index)
 
-        timing = self._train(ctx, network, problems, patterns, prior_table, generator)
-
+        timing = self._train(ctx, network, problems, patterns, prior_table, generator, opts.steps)
         gamma_final = obj.prior_weight(opts.steps, opts.steps, opts.prior_gamma, opts.prior_decay)
+        with torch.no_grad():
+            keeps = self._hard_masks(network, ctx.index, problems, prior_table, gamma_final)
+            info = {role: self._mask_info(problems[role], keeps[role]) for role in problems}
+        if opts.refit:
+            keeps, refits = self._refit_aware(ctx, network, problems, patterns, prior_table, generator, keeps, info)
         masks = {}
         with torch.no_grad():
             for role, problem in problems.items():
-                keep = self._final_mask(network, ctx.index, problem, patterns, prior_table, gamma_final)
-                info = {"mask_error": _relative_error(problem, keep)}
-                if problem.prior_keep is not None:
-                    info["prior_error"] = _relative_error(problem, problem.prior_keep)
-                    info["changed_vs_prior"] = float((keep != problem.prior_keep).view(-1, pattern.m).any(1).float().mean())
-                linear = ctx.linears[role]
+                keep, linear = keeps[role], ctx.linears[role]
                 if opts.refit:
-                    refit = sparsegpt_prune(linear.weight.data, ctx.statistics[role].hessian(), ctx.target,
-                                            self.config.sparsegpt, f"block {ctx.index} {role}", keep_mask=keep)
-                    linear.weight.data.copy_(refit.weight)
+                    info[role]["refit_error"] = problem.relative_error(keep, refits[role])
+                    linear.weight.data.copy_(refits[role].to(linear.weight.dtype))
                 else:
                     linear.weight.data.mul_(keep.to(linear.weight.dtype))
                 masks[role] = keep
-                ctx.info[role] = info
+                ctx.info[role] = info[role]
             self._extend_continual_cache(network, ctx.index, problems, generator)
-        ctx.block_info.update(timing)
+        ctx.block_info.update(timing | self._round_timing)
         return masks
+
+    def _refit_aware(self, ctx, network, problems, patterns, prior_table, generator, keeps, info):
+        """Refit the learned masks; then, for ``refit_rounds`` rounds, re-price every pattern at the
+        refit weights, train again and refit the new masks. Rows are independent given H, so each
+        row keeps whichever candidate (prior, learned, each round) has the lowest calibration error
+        after its refit: the result is never worse, row by row, than the prior mask refit."""
+        opts = self.options
+        self._round_timing = {}
+        best = {}
+        with torch.no_grad():
+            for role, problem in problems.items():
+                candidates = {"learned": keeps[role]}
+                if problem.prior_keep is not None:
+                    candidates["prior"] = problem.prior_keep
+                for name, keep in candidates.items():
+                    refit = self._refit(ctx, role, keep)
+                    info[role][f"{name}_refit_error"] = problem.relative_error(keep, refit)
+                    best[role] = self._better_rows(best.get(role), problem, keep, refit)
+        for round_index in range(opts.refit_rounds):
+            with torch.no_grad():
+                for role, problem in problems.items():
+                    keep, refit, _ = best[role]
+                    problem.rebase(refit, keep)
+                    problem.prior_index = pattern_index(keep, patterns)
+                    problem.refresh(keep, opts.features, _FEATURE_CACHE_BYTES, opts.relaxation == "exact")
+            timing = self._train(ctx, network, problems, patterns, prior_table, generator, opts.round_steps)
+            self._round_timing = _merge_timing(self._round_timing, {f"round_{k}": v for k, v in timing.items()})
+            gamma = obj.prior_weight(opts.round_steps, opts.round_steps, opts.prior_gamma, opts.prior_decay)
+            with torch.no_grad():
+                for role, keep in self._hard_masks(network, ctx.index, problems, prior_table, gamma).items():
+                    before = best[role][0]
+                    best[role] = self._better_rows(best[role], problems[role], keep, self._refit(ctx, role, keep))
+                    info[role][f"changed_round_{round_index + 1}"] = float(
+                        (best[role][0] != before).view(-1, problems[role].m).any(1).float().mean())
+        return {role: b[0] for role, b in best.items()}, {role: b[1] for role, b in best.items()}
+
+    @staticmethod
+    def _better_rows(best, problem: LayerProblem, keep: torch.Tensor, refit: torch.Tensor):
+        """(keep, refit, per-row error) taking, row by row, the lower calibration error."""
+        error = quadratic_output_error(problem.weight, refit, problem.hessian)
+        if best is None:
+            return keep, refit.float(), error
+        better = (error < best[2]).unsqueeze(1)
+        return (torch.where(better, keep, best[0]), torch.where(better, refit.float(), best[1]),
+                torch.minimum(error, best[2]))
+
+    def _refit(self, ctx: BlockContext, role: str, keep: torch.Tensor) -> torch.Tensor:
+        """The kept weights of the dense layer refit for ``keep`` (zero elsewhere)."""
+        weight, hessian = ctx.linears[role].weight.data, ctx.statistics[role].hessian()
+        if self.options.refit_method == "lstsq":
+            return lstsq_refit(weight, hessian, keep, self.options.refit_damp)
+        return sparsegpt_prune(weight, hessian, ctx.target, self.config.sparsegpt, f"block {ctx.index} {role}",
+                               keep_mask=keep).weight
+
+    def _mask_info(self, problem: LayerProblem, keep: torch.Tensor) -> dict[str, float]:
+        info = {"mask_error": problem.relative_error(keep)}
+        if problem.prior_keep is not None:
+            info["prior_error"] = problem.relative_error(problem.prior_keep)
+            info["changed_vs_prior"] = float((keep != problem.prior_keep).view(-1, problem.m).any(1).float().mean())
+        return info
+
+    def _hard_masks(self, network, layer, problems, prior_table, gamma) -> dict[str, torch.Tensor]:
+        return {role: self._final_mask(network, layer, p, p.patterns, prior_table, gamma) for role, p in problems.items()}
 
     def _context_bias(self, network: HyperNetwork, layer: int, component: int) -> torch.Tensor:
         device = network.first.weight.device
@@ -249,9 +194,8 @@ class HyperPrune(PruningMethod):
         prior = problem.prior_logits(rows, prior_table)
         return logits if prior is None or gamma == 0 else logits + gamma * prior
 
-    def _train(self, ctx, network, problems, patterns, prior_table, generator) -> dict[str, float]:
+    def _train(self, ctx, network, problems, patterns, prior_table, generator, steps) -> dict[str, float]:
         opts = self.options
-        steps = opts.steps
         if steps == 0:
             return {"steps": 0}
         optimizer = torch.optim.AdamW([
@@ -269,6 +213,14 @@ class HyperPrune(PruningMethod):
         for step in range(steps):
             tau = obj.temperature(step, opts.tau0, opts.tau_final, decay)
             gamma = obj.prior_weight(step, steps, opts.prior_gamma, opts.prior_decay)
+            if opts.refresh_every and step and step % opts.refresh_every == 0:
+                start = _now(ctx.device)
+                with torch.no_grad():
+                    network.eval()
+                    for role, keep in self._hard_masks(network, ctx.index, problems, prior_table, gamma).items():
+                        problems[role].refresh(keep, opts.features, _FEATURE_CACHE_BYTES, False)
+                    network.train()
+                clock["refresh_s"] = clock.get("refresh_s", 0.0) + _now(ctx.device) - start
             on_block = step >= block_from
             step_terms = (self._block_step if on_block else self._layer_step)(
                 ctx, network, problems, patterns, prior_table, tau, gamma, generator, weight_names, clock)
@@ -288,7 +240,8 @@ class HyperPrune(PruningMethod):
         return {"steps": steps, "final_tau": tau, **{f"final_{k}": v for k, v in terms.items()}, **clock}
 
     def _layer_step(self, ctx, network, problems, patterns, prior_table, tau, gamma, generator, weight_names, clock):
-        """Each linear's exact quadratic error with the relaxed mask, on a random subset of rows."""
+        """Each linear's quadratic error under the relaxed mask, on a random subset of rows:
+        exactly E_M (``exact``), at E[M] (``expected``) or at a Gumbel sample."""
         opts = self.options
         rec, out = [], []
         for problem in problems.values():
@@ -297,14 +250,24 @@ class HyperPrune(PruningMethod):
             rows = torch.randperm(d_out, generator=generator, device=ctx.device)[:count]
             start = _now(ctx.device)
             logits = self._logits(network, ctx.index, problem, rows, prior_table, gamma)
-            keep = obj.relaxed_mask(logits, patterns, tau, opts.relaxation == "gumbel", opts.straight_through, generator)
+            if opts.relaxation == "exact":
+                probs = torch.softmax(logits / tau, dim=-1)
+                keep = (probs @ patterns).reshape(count, -1)
+            else:
+                keep = obj.relaxed_mask(logits, patterns, tau, opts.relaxation == "gumbel", opts.straight_through,
+                                        generator).reshape(count, -1)
             clock["hypernet_s"] += _now(ctx.device) - start
             start = _now(ctx.device)
-            W = problem.weight[rows]
-            keep = keep.reshape(W.shape)
-            rec.append(obj.quadratic_error(W * (1 - keep), problem.hessian) / problem.dense_energy[rows].sum().clamp_min(1e-12))
+            energy = problem.dense_energy[rows].sum().clamp_min(1e-12)  # ratio of sums over the sampled rows
+            if opts.relaxation == "exact":
+                base = None if problem.base is None else problem.base[rows]
+                error = obj.expected_quadratic_error(problem.values[rows], problem.hessian, problem.terms.hessian_blocks,
+                                                     probs, patterns, problem.costs[rows], base)
+            else:
+                error = obj.quadratic_error(problem.error(keep, rows), problem.hessian)
+            rec.append(error / energy)
             if opts.outlier:
-                out.append(obj.outlier_energy(W * keep, problem.mean, problem.variance)
+                out.append(obj.outlier_energy(problem.values[rows] * keep, problem.terms.mean, problem.terms.variance)
                            / problem.outlier_dense[rows].sum().clamp_min(1e-12))
             clock["objective_s"] += _now(ctx.device) - start
         terms = {"reconstruction": torch.stack(rec).mean()}
@@ -319,9 +282,9 @@ class HyperPrune(PruningMethod):
         masked, out = {}, []
         for role, problem in problems.items():
             keep = self._full_relaxed_mask(network, ctx.index, problem, patterns, prior_table, tau, gamma, generator)
-            masked[weight_names[role]] = problem.weight * keep
+            masked[weight_names[role]] = problem.values * keep
             if opts.outlier:
-                out.append(obj.outlier_energy(masked[weight_names[role]], problem.mean, problem.variance)
+                out.append(obj.outlier_energy(masked[weight_names[role]], problem.terms.mean, problem.terms.variance)
                            / problem.outlier_dense.sum().clamp_min(1e-12))
         clock["hypernet_s"] += _now(ctx.device) - start
         start = _now(ctx.device)
@@ -344,13 +307,18 @@ class HyperPrune(PruningMethod):
 
     def _full_relaxed_mask(self, network, layer, problem, patterns, prior_table, tau, gamma, generator):
         opts = self.options
+        noise = None
+        if opts.relaxation == "gumbel":
+            # Drawn before the checkpoint, so the recomputation in backward sees the same sample.
+            groups = problem.weight.numel() // problem.m
+            noise = obj.gumbel_noise(torch.Size((groups, patterns.shape[0])), generator, problem.weight.device)
 
         def compute(*_params):
             logits = self._logits(network, layer, problem, None, prior_table, gamma)
-            keep = obj.relaxed_mask(logits, patterns, tau, opts.relaxation == "gumbel", opts.straight_through, generator)
+            keep = obj.relaxed_mask(logits, patterns, tau, straight_through=opts.straight_through, noise=noise)
             return keep.reshape(problem.weight.shape)
 
-        if problem.weight.numel() // problem.m > _CHECKPOINT_GROUPS:
+        if problem.weight.numel() // problem.m > self.checkpoint_groups:
             # Recompute h_θ in backward: activations of all groups at once would not fit.
             return checkpoint(compute, *network.parameters(), use_reentrant=False, preserve_rng_state=True)
         return compute()
@@ -396,15 +364,19 @@ class HyperPrune(PruningMethod):
 
 @register_method("hyperprune+refit")
 class HyperPruneRefit(HyperPrune):
-    """HyperPrune's mask, then the kept weights refit by an OBS update (beyond the paper)."""
+    """HyperPrune's mask, then the kept weights refit (beyond the paper): exact least squares by
+    default (``--refit-method``), with optional refit-aware rounds (``--refit-rounds``)."""
 
     force_refit = True
 
 
-def _relative_error(problem: LayerProblem, keep: torch.Tensor) -> float:
-    """‖ΔW X‖²/‖W X‖² of the layer for a hard keep-mask, weights not updated."""
-    delta = problem.weight * (~keep)
-    return float(obj.quadratic_error(delta, problem.hessian) / problem.dense_energy.sum().clamp_min(1e-12))
+def _merge_timing(total: dict[str, float], more: dict[str, float]) -> dict[str, float]:
+    """Add up step counts and seconds; later values win for everything else."""
+    merged = dict(total)
+    for key, value in more.items():
+        summed = key == "steps" or key.endswith("_s")
+        merged[key] = merged.get(key, 0.0) + value if summed else value
+    return merged
 
 
 def _now(device: torch.device) -> float:

@@ -33,11 +33,14 @@ class HyperNetwork(nn.Module):
         if options.component_embedding:
             self.component_embedding = nn.Parameter(_embedding_init(len(COMPONENTS), dim, options.embed_init, generator))
             self.component_projection = nn.Linear(dim, width, bias=False)
-        for layer in [self.first, *self.hidden, self.layer_projection, self.component_projection]:
+        for layer in [self.first, *self.hidden]:
+            nn.init.kaiming_uniform_(layer.weight, a=5**0.5, generator=generator)
+            nn.init.zeros_(layer.bias)
+        # Zero projections: with one-hot embeddings each new block selects a projection column
+        # no step has trained yet; a random column would shift the whole network at every block.
+        for layer in [self.layer_projection, self.component_projection]:
             if layer is not None:
-                nn.init.kaiming_uniform_(layer.weight, a=5**0.5, generator=generator)
-                if layer.bias is not None:
-                    nn.init.zeros_(layer.bias)
+                nn.init.zeros_(layer.weight)
         # Zero output: the first logits are uniform, so training starts from the prior.
         nn.init.zeros_(self.last.weight)
         nn.init.zeros_(self.last.bias)
@@ -67,10 +70,17 @@ class HyperNetwork(nn.Module):
 
 
 def _embedding_init(count: int, dim: int, kind: str, generator: torch.Generator | None) -> torch.Tensor:
-    """Gaussian with variance 0.01, or one-hot plus that noise (paper, App. D.4)."""
+    """Gaussian with variance 0.01, or one-hot plus that noise (paper, App. D.4).
+
+    One-hot needs count ≤ dim (a model deeper than the embedding would reuse columns); beyond
+    that, rows are random unit vectors instead, nearly orthogonal in high dimension.
+    """
     noise = torch.randn(count, dim, generator=generator) * 0.1
     if kind == "gaussian":
         return noise
+    if count > dim:
+        rows = torch.randn(count, dim, generator=generator)
+        return rows / rows.norm(dim=1, keepdim=True) + noise * 0.1
     onehot = torch.zeros(count, dim)
-    onehot[torch.arange(count), torch.arange(count) % dim] = 1.0
+    onehot[torch.arange(count), torch.arange(count)] = 1.0
     return onehot + noise * 0.1

@@ -1,0 +1,179 @@
+"""Per-layer data of HyperPrune's mask problem: what the losses and the features read.
+
+A layer's problem is to choose a keep-mask M minimizing ‖(W − M ⊙ V)X‖², i.e. eᵀHe per
+row with e = base + V ⊙ (1 − M), base = W − V. At first V = W (the paper's frozen
+weights, base = 0). In a refit-aware round V holds the refit weights on the kept set and
+W elsewhere, so switching a group's pattern is priced at the weights that will follow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from hyperprune.config import PruneConfig, SparsityTarget
+from hyperprune.engine.statistics import InputStatistics
+from hyperprune.masks import nm_mask_from_scores
+from hyperprune.methods.hyperprune import objectives as obj
+from hyperprune.methods.scoring import wanda_scores
+from hyperprune.methods.sparsegpt import inverse_hessian_cholesky, sparsegpt_prune
+from hyperprune.models.architectures import COMPONENTS
+
+_FEATURE_ROWS_BYTES = 1 << 28  # rows of pattern-delta temporaries computed at a time
+
+
+@dataclass
+class InputTerms:
+    """What depends only on a layer's inputs: computed once per group of layers sharing an
+    input (q/k/v, gate/up) rather than once per layer."""
+
+    hessian: torch.Tensor  # H = 2XXᵀ/n, dead inputs pinned to 1 as SparseGPT does
+    hessian_diag: torch.Tensor
+    hinv_diag: torch.Tensor  # SparseGPT's [H⁻¹]_jj (Cholesky form) in w²/[H⁻¹]²_jj
+    hessian_blocks: torch.Tensor  # [d_in/m, m, m]
+    column_norms: torch.Tensor
+    mean: torch.Tensor
+    variance: torch.Tensor
+
+
+def input_terms(stats: InputStatistics, config: PruneConfig, m: int, where: str) -> InputTerms:
+    H = stats.hessian().float().clone()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1.0  # dead inputs would make H singular
+    upper, _ = inverse_hessian_cholesky(H, config.sparsegpt.percdamp, config.sparsegpt.max_damp_retries, where)
+    return InputTerms(H, torch.diag(H), torch.diag(upper), obj.diagonal_blocks(H, m), stats.column_norms.float(),
+                      stats.mean.float(), stats.variance.float())
+
+
+@dataclass
+class LayerProblem:
+    """One linear layer of the block: its weights and the statistics the losses use."""
+
+    role: str
+    component: int
+    weight: torch.Tensor  # [d_out, d_in] the dense weight W
+    values: torch.Tensor  # V, what the mask multiplies
+    base: torch.Tensor | None  # W − V (None while V = W)
+    terms: InputTerms
+    dense_energy: torch.Tensor  # [d_out] diag(W H Wᵀ), the rows' dense output energy
+    outlier_dense: torch.Tensor  # [d_out] Σ_j W_ij² E[x_j²]
+    current_keep: torch.Tensor  # [d_out, d_in] bool: the mask the features are taken at
+    prior_keep: torch.Tensor | None  # [d_out, d_in] bool
+    prior_index: torch.Tensor | None  # [G] pattern index of the prior in each group
+    patterns: torch.Tensor
+    m: int
+    costs: torch.Tensor | None = None  # [d_out, d_in/m, P] within-group cost of each pattern
+    coupling: torch.Tensor | None = None  # [d_out, d_in] V ⊙ (e H) at current_keep
+    delta: torch.Tensor | None = None  # [d_out, d_in/m, P] Δ loss per pattern at current_keep
+    cached_features: torch.Tensor | None = None  # [d_out, d_in/m, F], when small enough to keep
+
+    @property
+    def hessian(self) -> torch.Tensor:
+        return self.terms.hessian
+
+    @property
+    def groups_per_row(self) -> int:
+        return self.weight.shape[1] // self.m
+
+    def error(self, keep: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """e = base + V ⊙ (1 − keep) for (a subset of) rows; ``keep`` may be relaxed."""
+        sel = slice(None) if rows is None else rows
+        error = self.values[sel] * (1.0 - keep)
+        return error if self.base is None else error + self.base[sel]
+
+    def refresh(self, keep: torch.Tensor, names: tuple[str, ...], cache_bytes: int, need_costs: bool) -> None:
+        """Recompute what depends on the current mask (coupling, delta) and on V (costs)."""
+        self.current_keep = keep
+        H, blocks = self.terms.hessian, self.terms.hessian_blocks
+        if need_costs and self.costs is None:
+            self.costs = obj.pattern_costs(self.values, blocks, self.patterns)
+        if "coupling" in names:
+            self.coupling = self.values * (self.error(keep.float()) @ H)
+        if "delta" in names:
+            rows = self.weight.shape[0]
+            chunk = max(1, _FEATURE_ROWS_BYTES // (self.weight.shape[1] * self.patterns.shape[0] * 4 * 3))
+            parts = []
+            for first in range(0, rows, chunk):
+                sel = slice(first, first + chunk)
+                base = None if self.base is None else self.base[sel]
+                parts.append(obj.pattern_delta_losses(self.values[sel], H, blocks, keep[sel], self.patterns, base))
+            self.delta = torch.cat(parts)
+        self.cached_features = None
+        size = self.weight.numel() // self.m * obj.feature_width(names, int(self.patterns[0].sum()), self.m) * 4
+        if size <= cache_bytes:
+            self.cached_features = self.features(None, names).view(self.weight.shape[0], self.groups_per_row, -1)
+
+    def rebase(self, refit: torch.Tensor, keep: torch.Tensor) -> None:
+        """Price the next round at the refit weights: V = refit on the kept set, W elsewhere;
+        the current mask becomes the prior."""
+        self.values = torch.where(keep, refit.float(), self.weight)
+        self.base = self.weight - self.values
+        self.costs = None
+        self.prior_keep = keep
+
+    def features(self, rows: torch.Tensor | None, names: tuple[str, ...]) -> torch.Tensor:
+        if self.cached_features is not None:
+            chosen = self.cached_features if rows is None else self.cached_features[rows]
+            return chosen.reshape(-1, chosen.shape[-1])
+        sel = slice(None) if rows is None else rows
+        t = self.terms
+        coupling = None if self.coupling is None else self.coupling[sel]
+        delta = None if self.delta is None else self.delta[sel]
+        return obj.group_features(self.values[sel], coupling, t.column_norms, t.hessian_diag, t.hinv_diag, self.m,
+                                  names, delta, t.hessian_blocks)
+
+    def prior_logits(self, rows: torch.Tensor | None, table: torch.Tensor) -> torch.Tensor | None:
+        if self.prior_index is None:
+            return None
+        index = self.prior_index.view(-1, self.groups_per_row)
+        if rows is not None:
+            index = index[rows]
+        return table[index.reshape(-1)]
+
+    def relative_error(self, keep: torch.Tensor, weight: torch.Tensor | None = None) -> float:
+        """‖(W − Ŵ)X‖²/‖WX‖² for a hard keep-mask: Ŵ = W ⊙ keep, or ``weight`` (a refit) if given."""
+        delta = self.weight * (~keep) if weight is None else self.weight - weight.float()
+        return float(obj.quadratic_error(delta, self.hessian) / self.dense_energy.sum().clamp_min(1e-12))
+
+
+def pattern_index(keep: torch.Tensor, patterns: torch.Tensor) -> torch.Tensor:
+    """Index into ``patterns`` of each group's keep-pattern (groups must be exactly n-hot)."""
+    m = patterns.shape[1]
+    powers = 2 ** torch.arange(m, device=keep.device)
+    lookup = torch.full((2**m,), -1, dtype=torch.long, device=keep.device)
+    lookup[(patterns.to(keep.device).long() * powers).sum(1)] = torch.arange(patterns.shape[0], device=keep.device)
+    index = lookup[(keep.reshape(-1, m).long() * powers).sum(1)]
+    if (index < 0).any():
+        raise ValueError("prior mask is not exactly n:m")
+    return index
+
+
+def build_problem(role: str, weight: torch.Tensor, stats: InputStatistics, terms: InputTerms,
+                  target: SparsityTarget, prior: str, patterns: torch.Tensor, config: PruneConfig) -> LayerProblem:
+    """Everything per layer that stays fixed while the hypernetwork trains (until a refresh)."""
+    pattern = target.pattern
+    W = weight.detach().float()
+    H = terms.hessian
+    wanda_keep = nm_mask_from_scores(wanda_scores(W, terms.column_norms), pattern.n, pattern.m)
+    prior_keep = None
+    if prior == "wanda":
+        prior_keep = wanda_keep
+    elif prior == "sparsegpt":
+        prior_keep = sparsegpt_prune(W, stats.hessian(), target, config.sparsegpt, role).mask
+    second_moment = terms.mean.pow(2) + terms.variance  # E[x_j²]
+    return LayerProblem(
+        role=role,
+        component=COMPONENTS.index(role),
+        weight=W,
+        values=W,
+        base=None,
+        terms=terms,
+        dense_energy=((W @ H) * W).sum(dim=1),
+        outlier_dense=(W.pow(2) * second_moment).sum(dim=1),
+        current_keep=prior_keep if prior_keep is not None else wanda_keep,
+        prior_keep=prior_keep,
+        prior_index=None if prior_keep is None else pattern_index(prior_keep, patterns),
+        patterns=patterns,
+        m=pattern.m,
+    )
