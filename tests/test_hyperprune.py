@@ -208,10 +208,11 @@ def test_loss_switches_remove_exactly_their_terms():
         block1 = result.blocks[1].info
         return {k for k in block1 if k.startswith("final_") and k != "final_tau"}, result
 
-    full, _ = terms()
+    full, _ = terms(lambda_outlier=0.1)
     assert full == {"final_reconstruction", "final_outlier", "final_continual"}
-    assert terms(outlier=False)[0] == full - {"final_outlier"}
-    assert terms(continual=False)[0] == full - {"final_continual"}
+    assert terms(lambda_outlier=0.1, outlier=False)[0] == full - {"final_outlier"}
+    assert terms(lambda_outlier=0.0)[0] == full - {"final_outlier"}  # the default: λ1 = 0, not computed
+    assert terms(lambda_outlier=0.1, continual=False)[0] == full - {"final_continual"}
     _, no_prior = terms(prior="none")
     assert all("prior_error" not in r.info for r in no_prior.layers)
 

@@ -99,7 +99,7 @@ class SparsityTarget(BaseModel):
 
 # Damping of the exact least-squares refit, as a fraction of mean(diag H); chosen on held-out
 # windows by benchmarks/hyperprune_sweep.py (README, "Settings sweep").
-DEFAULT_LSTSQ_DAMP = 0.01
+DEFAULT_LSTSQ_DAMP = 0.1
 
 
 class SparseGPTOptions(BaseModel):
@@ -146,7 +146,7 @@ class HyperPruneOptions(BaseModel):
     embed_init: Literal["onehot", "gaussian"] = Field("onehot", description="paper app. D.4 recommends one-hot + noise")
     layer_embedding: bool = True
     component_embedding: bool = True
-    lr: float = Field(2e-3, gt=0, description="AdamW learning rate of the hypernetwork (paper: 5e-4)")
+    lr: float = Field(5e-3, gt=0, description="AdamW learning rate of the hypernetwork (paper: 5e-4)")
     embed_lr: float = Field(1e-4, gt=0, description="learning rate of the embeddings (smaller, as in the paper)")
     weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay (paper: 0.1)")
     tau0: float = Field(1.0, gt=0, description="initial Gumbel-Softmax temperature (paper: 1.0)")
@@ -159,7 +159,10 @@ class HyperPruneOptions(BaseModel):
     prior_decay: float = Field(2.0, ge=0, description="α in γ = γ0·exp(−α·t/T) over the block's steps")
     prior_beta: float = Field(10.0, gt=0, description="β, sharpness of the prior's softmax over patterns")
     outlier: bool = True
-    lambda_outlier: float = Field(0.1, ge=0, description="λ1, weight of the (normalized) feature-outlier term")
+    lambda_outlier: float = Field(
+        0.0, ge=0, description="λ1, weight of the (normalized) feature-outlier term; R_outlier = ½Σ Ŵ²_ij H_jj is "
+        "Wanda's criterion, and the sweep found no λ1 > 0 that helps (0: not computed)"
+    )
     continual: bool = True
     lambda_continual: float = Field(0.1, ge=0, description="λ2, weight of the continual-pruning term")
     continual_groups: int = Field(50, gt=0, description="weight groups cached per finished layer (paper: ~50)")

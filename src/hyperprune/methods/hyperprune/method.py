@@ -225,7 +225,7 @@ class HyperPrune(PruningMethod):
             step_terms = (self._block_step if on_block else self._layer_step)(
                 ctx, network, problems, patterns, prior_table, tau, gamma, generator, weight_names, clock)
             loss = step_terms["reconstruction"]
-            if opts.outlier:
+            if opts.outlier and opts.lambda_outlier > 0:
                 loss = loss - opts.lambda_outlier * step_terms["outlier"]
             if opts.continual and self.cache_features.numel():
                 step_terms["continual"] = self._continual_term(network)
@@ -266,7 +266,7 @@ class HyperPrune(PruningMethod):
             else:
                 error = obj.quadratic_error(problem.error(keep, rows), problem.hessian)
             rec.append(error / energy)
-            if opts.outlier:
+            if opts.outlier and opts.lambda_outlier > 0:
                 out.append(obj.outlier_energy(problem.values[rows] * keep, problem.terms.mean, problem.terms.variance)
                            / problem.outlier_dense[rows].sum().clamp_min(1e-12))
             clock["objective_s"] += _now(ctx.device) - start
@@ -283,7 +283,7 @@ class HyperPrune(PruningMethod):
         for role, problem in problems.items():
             keep = self._full_relaxed_mask(network, ctx.index, problem, patterns, prior_table, tau, gamma, generator)
             masked[weight_names[role]] = problem.values * keep
-            if opts.outlier:
+            if opts.outlier and opts.lambda_outlier > 0:
                 out.append(obj.outlier_energy(masked[weight_names[role]], problem.terms.mean, problem.terms.variance)
                            / problem.outlier_dense.sum().clamp_min(1e-12))
         clock["hypernet_s"] += _now(ctx.device) - start

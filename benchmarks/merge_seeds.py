@@ -1,0 +1,87 @@
+"""Merge per-seed `hyperprune compare --json` files into one table: mean and spread.
+
+Each input is one compare run (one calibration seed, one process). For every method and
+evaluation text this reports the mean PPL over the seeds that ran it, the spread
+(half the max − min range, and the sample standard deviation), prune time as a median and
+as a ratio to SparseGPT's median, and the largest peak RSS. A method compared with another
+counts as a tie when their means differ by less than the larger of their two ranges.
+
+    python benchmarks/merge_seeds.py benchmarks/results/compare-hp-seed{0,1,2}.json \
+        --json benchmarks/results/compare-2of4-hyperprune-seeds.json --markdown
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+
+def merge(runs: list[dict]) -> dict:
+    methods: dict[str, dict] = {}
+    evals = runs[0].get("evals") and list(runs[0]["evals"]) or [runs[0]["eval"]]
+    for run in runs:
+        for name, entry in run["methods"].items():
+            slot = methods.setdefault(name, {"seeds": [], "ppl": {e: [] for e in evals}, "prune_seconds": [],
+                                             "peak_rss_bytes": [], "block_err": []})
+            slot["seeds"].append(run["seed"])
+            for source in evals:
+                slot["ppl"][source].append(entry["ppl_by_eval"][source])
+            slot["prune_seconds"].append(entry["prune_seconds"])
+            slot["peak_rss_bytes"].append(entry["peak_rss_bytes"])
+            if "mean_block_rel_update_error" in entry:  # ‖f′(x) − f(x)‖²/‖f(x) − x‖², calibration
+                slot["block_err"].append(entry["mean_block_rel_update_error"])
+    reference = statistics.median(methods["sparsegpt"]["prune_seconds"]) if "sparsegpt" in methods else None
+    summary = {}
+    for name, slot in methods.items():
+        row = {"seeds": slot["seeds"], "ppl": {}, "peak_rss_bytes": max(slot["peak_rss_bytes"])}
+        for source, values in slot["ppl"].items():
+            row["ppl"][source] = {
+                "mean": statistics.fmean(values),
+                "half_range": (max(values) - min(values)) / 2,
+                "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                "values": values,
+            }
+        seconds = statistics.median(slot["prune_seconds"])
+        row["prune_seconds_median"] = seconds
+        row["time_vs_sparsegpt"] = seconds / reference if reference and seconds else None
+        row["block_err_mean"] = statistics.fmean(slot["block_err"]) if slot["block_err"] else None
+        summary[name] = row
+    return {"evals": evals, "methods": summary, "inputs": [r.get("_path") for r in runs],
+            "config": runs[0].get("config"), "versions": runs[0].get("versions")}
+
+
+def markdown(merged: dict) -> str:
+    evals = merged["evals"]
+    head = "| method | seeds | " + " | ".join(f"PPL `{e}`" for e in evals) + " | block err | prune s (median) | × SparseGPT time | peak RSS |"
+    lines = [head, "|" + "---|" * (len(evals) + 6)]
+    for name, row in merged["methods"].items():
+        cells = [f"{row['ppl'][e]['mean']:.2f} ± {row['ppl'][e]['half_range']:.2f}" for e in evals]
+        err = f"{row['block_err_mean']:.4f}" if row["block_err_mean"] is not None else "–"
+        ratio = f"{row['time_vs_sparsegpt']:.2f}" if row["time_vs_sparsegpt"] else "–"
+        secs = f"{row['prune_seconds_median']:.0f}" if row["prune_seconds_median"] else "–"
+        lines.append(f"| {name} | {len(row['seeds'])} | " + " | ".join(cells)
+                     + f" | {err} | {secs} | {ratio} | {row['peak_rss_bytes'] / 2**30:.2f} GiB |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("inputs", nargs="+")
+    parser.add_argument("--json", default=None, help="write the merged summary here")
+    parser.add_argument("--markdown", action="store_true", help="print a README table")
+    args = parser.parse_args()
+    runs = []
+    for path in args.inputs:
+        run = json.loads(Path(path).read_text())
+        run["_path"] = path
+        runs.append(run)
+    merged = merge(runs)
+    if args.json:
+        Path(args.json).write_text(json.dumps(merged, indent=2))
+    print(markdown(merged) if args.markdown else json.dumps(merged, indent=2))
+
+
+if __name__ == "__main__":
+    main()
