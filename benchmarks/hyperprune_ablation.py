@@ -16,14 +16,17 @@ from hyperprune.api import compare, write_json
 from hyperprune.cli import _add_eval, _add_model, _add_pruning, _config, _print_table
 from hyperprune.config import DEFAULT_EVAL
 
-# label -> what that variant switches off (one HyperPruneOptions field each)
+# label -> what that variant changes (HyperPruneOptions fields), from today's defaults.
 ABLATIONS = {
     "hyperprune (all parts)": {},
     "--no-layer-emb": {"layer_embedding": False},
     "--no-comp-emb": {"component_embedding": False},
     "--no-continual": {"continual": False},
-    "--no-outlier": {"outlier": False},
+    "--lambda-outlier 0.1 (outlier term on)": {"lambda_outlier": 0.1},
     "--prior none": {"prior": "none"},
+    "--relaxation expected (Theorem 1's E[M])": {"relaxation": "expected"},
+    "--features without delta, hblock": {"features": ("weight", "wanda", "saliency", "hdiag", "hinv", "coupling")},
+    "--refresh-every 0": {"refresh_every": 0},
 }
 
 

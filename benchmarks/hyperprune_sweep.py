@@ -51,6 +51,22 @@ SWEEPS = {
     ],
     # Several blocks (--first 0 --blocks 6): the continual term needs finished blocks.
     "continual": [f"{_HP}lambda_continual={v}" for v in (0, 0.1, 1, 10)] + [f"{_HP}continual=false"],
+    # The exact objective, the refit and its damping (CPU, block 10, 16 × 256 tokens). Settings that
+    # were defaults while this ran are pinned, so the list reproduces at any later default.
+    "exact": [
+        "sparsegpt", "hyperprune:steps=0",
+        *[f"sparsegpt+lstsq:sparsegpt_lstsq_damp={v}" for v in (0.01, 0.03, 0.1, 0.3, 1)],
+        f"{_HP}lambda_outlier=0.1,lr=0.002", f"{_HP}lambda_outlier=0.1,lr=0.002,relaxation=expected",
+        f"{_HP}lambda_outlier=0,lr=0.002", f"{_HP}lambda_outlier=0,lr=0.002,refresh_every=10",
+        f"{_HP}lambda_outlier=0,lr=0.005", f"{_HP}lambda_outlier=0,lr=0.005,refresh_every=0",
+        f"{_HP}lambda_outlier=0,lr=0.005,relaxation=expected",
+        "hyperprune+refit:lambda_outlier=0.1,lr=0.002,refit_damp=0.1",
+        "hyperprune+refit:lambda_outlier=0.1,lr=0.002,refit_damp=0.1,refit_rounds=2",
+        "hyperprune+refit:lambda_outlier=0,lr=0.005,refit_damp=0.1,refit_rounds=2",
+        "hyperprune+refit:lambda_outlier=0,lr=0.005,refit_damp=0.3,refit_rounds=2",
+    ],
+    # The lstsq damping with 4x the calibration tokens: run with --nsamples 32 --seqlen 512.
+    "damp16k": ["sparsegpt", *[f"sparsegpt+lstsq:sparsegpt_lstsq_damp={v}" for v in (0.03, 0.1, 0.3)]],
 }
 
 

@@ -42,6 +42,7 @@ def main() -> None:
     parser.add_argument("--nsamples", default="4")
     parser.add_argument("--seqlen", default="256")
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/scale-llama-2-7b.json"))
+    parser.add_argument("--extra", default="", help="more prune flags, e.g. '--steps 5' for hyperprune")
     args = parser.parse_args()
 
     rows = []
@@ -54,7 +55,7 @@ def main() -> None:
         for method in args.methods.split(","):
             out = args.workdir / f"{args.like}-{layers}l-{method}"
             peak = run_cli(["prune", "--model", str(model), "--method", method, "--nsamples", args.nsamples,
-                            "--seqlen", args.seqlen, "--output", str(out), "--overwrite", "--quiet"])
+                            "--seqlen", args.seqlen, "--output", str(out), "--overwrite", "--quiet", *args.extra.split()])
             report = json.loads((out / "report.json").read_text())
             per_block = [b["seconds"] for b in report["blocks"]]
             rows.append({
@@ -62,6 +63,10 @@ def main() -> None:
                 "median_block_seconds": statistics.median(per_block), "prune_seconds": report["prune_seconds"],
                 "wall_seconds": report["wall_seconds"], "nm_valid": report["nm_valid"], "streamed": report["streamed"],
                 "checkpoint_bytes": sum(p.stat().st_size for p in model.glob("*.safetensors")),
+                "extra": args.extra,
+                # Where a block's time goes, for methods that report it (HyperPrune): medians over blocks.
+                "block_timing": {key: statistics.median(b["info"].get(key, 0.0) for b in report["blocks"])
+                                 for key in sorted({k for b in report["blocks"] for k in b["info"] if k.endswith("_s")})},
             })
             print(json.dumps(rows[-1]))
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,8 @@ from hyperprune.methods.sparsegpt import sparsegpt_prune
 
 _CHECKPOINT_GROUPS = 1 << 21  # above this many groups in a layer, recompute h_θ in backward
 _EVAL_GROUPS = 1 << 18  # groups through h_θ at a time when no gradient is needed
-_FEATURE_CACHE_BYTES = 1 << 30  # per layer; larger layers recompute their features each step
+_FEATURE_CACHE_BYTES = 1 << 26  # per layer; larger layers recompute their features each step
+_STEP_GROUPS = 1 << 18  # at most this many groups per layer and step on the layer objective (activation memory)
 
 
 @register_method("hyperprune")
@@ -86,6 +87,7 @@ class HyperPrune(PruningMethod):
         patterns = nm_patterns(pattern.n, pattern.m).to(device)
         prior_table = obj.prior_log_probs(patterns, patterns, opts.prior_beta)
         problems, shared_inputs = {}, {}
+        setup_start = _now(device)
         for role, linear in ctx.linears.items():
             stats = ctx.statistics[role]
             if id(stats) not in shared_inputs:
@@ -100,13 +102,16 @@ class HyperPrune(PruningMethod):
         network = self.network.to(device)
         generator = torch.Generator(device=device).manual_seed(self.config.seed * 1_000_003 + ctx.index)
 
+        setup_s = _now(device) - setup_start  # H⁻¹, the prior (a SparseGPT pass), features
         timing = self._train(ctx, network, problems, patterns, prior_table, generator, opts.steps)
         gamma_final = obj.prior_weight(opts.steps, opts.steps, opts.prior_gamma, opts.prior_decay)
         with torch.no_grad():
             keeps = self._hard_masks(network, ctx.index, problems, prior_table, gamma_final)
             info = {role: self._mask_info(problems[role], keeps[role]) for role in problems}
+        refit_start = _now(device)
         if opts.refit:
             keeps, refits = self._refit_aware(ctx, network, problems, patterns, prior_table, generator, keeps, info)
+        timing = {**timing, "setup_s": setup_s, "refit_s": _now(device) - refit_start}
         masks = {}
         with torch.no_grad():
             for role, problem in problems.items():
@@ -246,7 +251,7 @@ class HyperPrune(PruningMethod):
         rec, out = [], []
         for problem in problems.values():
             d_out = problem.weight.shape[0]
-            count = max(1, round(d_out * opts.row_fraction))
+            count = min(max(1, round(d_out * opts.row_fraction)), max(1, _STEP_GROUPS // problem.groups_per_row))
             rows = torch.randperm(d_out, generator=generator, device=ctx.device)[:count]
             start = _now(ctx.device)
             logits = self._logits(network, ctx.index, problem, rows, prior_table, gamma)
@@ -262,7 +267,7 @@ class HyperPrune(PruningMethod):
             if opts.relaxation == "exact":
                 base = None if problem.base is None else problem.base[rows]
                 error = obj.expected_quadratic_error(problem.values[rows], problem.hessian, problem.terms.hessian_blocks,
-                                                     probs, patterns, problem.costs[rows], base)
+                                                     probs, patterns, problem.costs_for(rows), base)
             else:
                 error = obj.quadratic_error(problem.error(keep, rows), problem.hessian)
             rec.append(error / energy)

@@ -144,18 +144,22 @@ def pattern_delta_losses(
     keep: torch.Tensor,
     patterns: torch.Tensor,
     base: torch.Tensor | None = None,
+    error_times_hessian: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Exact change of eᵀHe if one group alone switches to pattern j: ``[rows, d_in/m, P]``.
 
     Δ_gj = 2(e_j − e)_gᵀ(He)_g + (e_j − e)_gᵀH_gg(e_j − e)_g, at the current error
-    e = base + v ⊙ (1 − keep) and e_j = base_g + v_g ⊙ (1 − s_j).
+    e = base + v ⊙ (1 − keep) and e_j = base_g + v_g ⊙ (1 − s_j). ``error_times_hessian``
+    (eH, the costly part) may be passed in when the caller already has it.
     """
     rows, cols = values.shape
     m = patterns.shape[1]
-    error = values * (~keep.bool()).float()
-    if base is not None:
-        error = error + base
-    grad = (error @ hessian).reshape(rows, cols // m, m)
+    if error_times_hessian is None:
+        error = values * (~keep.bool()).float()
+        if base is not None:
+            error = error + base
+        error_times_hessian = error @ hessian
+    grad = error_times_hessian.reshape(rows, cols // m, m)
     v = values.reshape(rows, cols // m, m)
     keep_g = keep.reshape(rows, cols // m, m).float()
     # (e_j − e)_g = v_g ⊙ (keep_g − s_j): the base cancels.

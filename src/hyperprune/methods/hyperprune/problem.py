@@ -21,6 +21,9 @@ from hyperprune.methods.sparsegpt import inverse_hessian_cholesky, sparsegpt_pru
 from hyperprune.models.architectures import COMPONENTS
 
 _FEATURE_ROWS_BYTES = 1 << 28  # rows of pattern-delta temporaries computed at a time
+# Layers with more weights than this (7B-sized) keep the mask-dependent features in bfloat16 and
+# compute the per-pattern costs for each step's rows instead of holding them: memory, not math.
+_COMPACT_ABOVE = 1 << 24
 
 
 @dataclass
@@ -82,23 +85,38 @@ class LayerProblem:
         error = self.values[sel] * (1.0 - keep)
         return error if self.base is None else error + self.base[sel]
 
+    @property
+    def compact(self) -> bool:
+        return self.weight.numel() > _COMPACT_ABOVE
+
+    def costs_for(self, rows: torch.Tensor) -> torch.Tensor:
+        """Within-group cost of every pattern, ``[len(rows), d_in/m, P]``."""
+        if self.costs is not None:
+            return self.costs[rows]
+        return obj.pattern_costs(self.values[rows], self.terms.hessian_blocks, self.patterns)
+
     def refresh(self, keep: torch.Tensor, names: tuple[str, ...], cache_bytes: int, need_costs: bool) -> None:
         """Recompute what depends on the current mask (coupling, delta) and on V (costs)."""
         self.current_keep = keep
         H, blocks = self.terms.hessian, self.terms.hessian_blocks
-        if need_costs and self.costs is None:
+        store = torch.bfloat16 if self.compact else torch.float32
+        if need_costs and self.costs is None and not self.compact:
             self.costs = obj.pattern_costs(self.values, blocks, self.patterns)
-        if "coupling" in names:
-            self.coupling = self.values * (self.error(keep.float()) @ H)
-        if "delta" in names:
+        if "coupling" in names or "delta" in names:
             rows = self.weight.shape[0]
             chunk = max(1, _FEATURE_ROWS_BYTES // (self.weight.shape[1] * self.patterns.shape[0] * 4 * 3))
-            parts = []
+            coupling, delta = [], []
             for first in range(0, rows, chunk):
                 sel = slice(first, first + chunk)
-                base = None if self.base is None else self.base[sel]
-                parts.append(obj.pattern_delta_losses(self.values[sel], H, blocks, keep[sel], self.patterns, base))
-            self.delta = torch.cat(parts)
+                error_h = self.error(keep[sel].float(), torch.arange(first, min(first + chunk, rows))) @ H  # eH
+                if "coupling" in names:
+                    coupling.append((self.values[sel] * error_h).to(store))
+                if "delta" in names:
+                    base = None if self.base is None else self.base[sel]
+                    delta.append(obj.pattern_delta_losses(self.values[sel], H, blocks, keep[sel], self.patterns, base,
+                                                          error_h).to(store))
+            self.coupling = torch.cat(coupling) if coupling else None
+            self.delta = torch.cat(delta) if delta else None
         self.cached_features = None
         size = self.weight.numel() // self.m * obj.feature_width(names, int(self.patterns[0].sum()), self.m) * 4
         if size <= cache_bytes:
@@ -118,8 +136,8 @@ class LayerProblem:
             return chosen.reshape(-1, chosen.shape[-1])
         sel = slice(None) if rows is None else rows
         t = self.terms
-        coupling = None if self.coupling is None else self.coupling[sel]
-        delta = None if self.delta is None else self.delta[sel]
+        coupling = None if self.coupling is None else self.coupling[sel].float()
+        delta = None if self.delta is None else self.delta[sel].float()
         return obj.group_features(self.values[sel], coupling, t.column_norms, t.hessian_diag, t.hinv_diag, self.m,
                                   names, delta, t.hessian_blocks)
 
