@@ -100,3 +100,30 @@ def test_cholesky_failure_gives_a_clear_error_when_retries_run_out():
     H = torch.diag(torch.tensor([1.0, 1.0, -5.0, 1.0]))
     with pytest.raises(HyperpruneError, match="--nsamples.*--percdamp"):
         inverse_hessian_cholesky(H, percdamp=0.01, max_retries=1, where="block 2 down")
+
+
+def test_sparsegpt_with_the_lstsq_refit_keeps_its_mask_and_reaches_the_optimum():
+    from torch import nn
+
+    from hyperprune.config import PruneConfig
+    from hyperprune.engine.statistics import InputStatistics, StatisticsKind
+    from hyperprune.methods import get_method
+
+    W, X, H = layer_problem(rows=8, cols=16, tokens=400)
+    target = SparsityTarget(pattern="2:4")
+    stats = InputStatistics(16, StatisticsKind.HESSIAN)
+    stats.add(X.unsqueeze(0))
+    results = {}
+    for name in ("sparsegpt", "sparsegpt+lstsq"):
+        linear = nn.Linear(16, 8, bias=False)
+        linear.weight.data.copy_(W)
+        options = SparseGPTOptions(lstsq_damp=1e-6)
+        method = get_method(name)(PruneConfig(method=name, sparsegpt=options))
+        mask = method.prune_linear(linear, stats, target, "test")
+        results[name] = (mask, linear.weight.detach().clone())
+    assert torch.equal(results["sparsegpt"][0], results["sparsegpt+lstsq"][0])  # the same mask
+    mask, refit = results["sparsegpt+lstsq"]
+    assert torch.all(refit[~mask] == 0)
+    optimum = optimal_error_for_mask(W, X, mask)
+    assert output_error(W, refit, X) == pytest.approx(optimum, rel=1e-3)
+    assert output_error(W, results["sparsegpt"][1], X) > optimum * 1.01

@@ -24,7 +24,7 @@ from hyperprune.methods.sparsegpt import sparsegpt_prune
 _CHECKPOINT_GROUPS = 1 << 21  # above this many groups in a layer, recompute h_θ in backward
 _EVAL_GROUPS = 1 << 18  # groups through h_θ at a time when no gradient is needed
 _FEATURE_CACHE_BYTES = 1 << 26  # per layer; larger layers recompute their features each step
-_STEP_GROUPS = 1 << 18  # at most this many groups per layer and step on the layer objective (activation memory)
+_STEP_GROUPS = 1 << 16  # at most this many groups per layer and step on the layer objective (activation memory)
 
 
 @register_method("hyperprune")
