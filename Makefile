@@ -36,11 +36,18 @@ benchmark: install
 		--nsamples 32 --seqlen 512 --eval sotu,brown-test,shakespeare --eval-windows 40 \
 		--json benchmarks/results/compare-2of4-smollm2.json
 
-# HyperPrune side by side with the baselines, one run (about 45 minutes on 2 CPU cores).
+# HyperPrune side by side with the baselines: one process per calibration seed, each writing its
+# own JSON after every method, then merged into mean and spread (about 75 minutes a seed on 2 CPU
+# cores). The dense model does not depend on the seed: seeds 1 and 2 skip it.
+HP_COMMON = --pattern 2:4 --nsamples 32 --seqlen 512 --eval sotu,brown-test,shakespeare --eval-windows 40
+HP_METHODS = wanda,sparsegpt,sparsegpt+lstsq,hyperprune,hyperprune+refit
 benchmark-hyperprune: install
-	$(VENV)/bin/hyperprune compare --methods dense,magnitude,wanda,sparsegpt,hyperprune,hyperprune+refit \
-		--pattern 2:4 --nsamples 32 --seqlen 512 --eval sotu,brown-test,shakespeare --eval-windows 40 \
-		--json benchmarks/results/compare-2of4-hyperprune.json
+	$(VENV)/bin/hyperprune compare --methods dense,$(HP_METHODS) $(HP_COMMON) --seed 0 \
+		--json benchmarks/results/compare-2of4-hp-seed0.json
+	for seed in 1 2; do $(VENV)/bin/hyperprune compare --methods $(HP_METHODS) $(HP_COMMON) --seed $$seed \
+		--json benchmarks/results/compare-2of4-hp-seed$$seed.json || exit 1; done
+	$(PY) benchmarks/merge_seeds.py benchmarks/results/compare-2of4-hp-seed*.json \
+		--json benchmarks/results/compare-2of4-hp-merged.json --markdown
 
 # Streams LLaMA-2-7B-shaped random bf16 checkpoints (8 and 32 blocks; ~17 GB of disk in SCALE_DIR).
 SCALE_DIR ?= runs/scale
