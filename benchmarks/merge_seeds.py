@@ -57,7 +57,8 @@ def markdown(merged: dict) -> str:
     head = "| method | seeds | " + " | ".join(f"PPL `{e}`" for e in evals) + " | block err | prune s (median) | × SparseGPT time | peak RSS |"
     lines = [head, "|" + "---|" * (len(evals) + 6)]
     for name, row in merged["methods"].items():
-        cells = [f"{row['ppl'][e]['mean']:.2f} ± {row['ppl'][e]['half_range']:.2f}" for e in evals]
+        cells = [f"{row['ppl'][e]['mean']:.2f}" + (f" ± {row['ppl'][e]['half_range']:.2f}" if len(row["seeds"]) > 1 else "")
+                 for e in evals]
         err = f"{row['block_err_mean']:.4f}" if row["block_err_mean"] is not None else "–"
         ratio = f"{row['time_vs_sparsegpt']:.2f}" if row["time_vs_sparsegpt"] else "–"
         secs = f"{row['prune_seconds_median']:.0f}" if row["prune_seconds_median"] else "–"

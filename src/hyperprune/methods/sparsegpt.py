@@ -38,13 +38,18 @@ def inverse_hessian_cholesky(
     """
     damp_fraction = percdamp
     mean_diag = torch.mean(torch.diag(hessian))
-    eye = torch.eye(hessian.shape[0], device=hessian.device, dtype=hessian.dtype)
     for attempt in range(max_retries + 1):
-        dampened = hessian + damp_fraction * mean_diag * eye
+        # In place on one copy, and each intermediate freed as soon as it is used: at 7B scale
+        # (d_in = 11008) every d×d matrix is 485 MB.
+        dampened = hessian.clone()
+        dampened.diagonal().add_(damp_fraction * mean_diag)
         factor, info = torch.linalg.cholesky_ex(dampened)
+        del dampened
         if info == 0:
             inverse = torch.cholesky_inverse(factor)
+            del factor
             upper, info = torch.linalg.cholesky_ex(inverse, upper=True)
+            del inverse
             if info == 0:
                 return upper, damp_fraction
         if attempt < max_retries:
@@ -67,6 +72,7 @@ def sparsegpt_prune(
     options: SparseGPTOptions = SparseGPTOptions(),
     where: str = "layer",
     keep_mask: torch.Tensor | None = None,
+    overwrite_hessian: bool = False,
 ) -> SparseGPTResult:
     """Prune ``weight`` [d_out, d_in] given H = 2XXᵀ/n [d_in, d_in] (SparseGPT, Alg. 1).
 
@@ -75,10 +81,12 @@ def sparsegpt_prune(
     w² / [H⁻¹]_jj² (Eq. 3), and the remaining columns absorb the error (Eq. 2).
 
     With ``keep_mask`` given, no selection happens: the same sequential OBS update
-    refits the kept weights for that fixed mask (HyperPrune's ``--refit``).
+    refits the kept weights for that fixed mask (HyperPrune's ``--refit-method obs``).
+    With ``overwrite_hessian`` the caller's ``hessian`` (a float32 scratch copy) is modified
+    instead of copied: one d×d matrix less at peak.
     """
     W = weight.detach().clone().float()
-    H = hessian.detach().clone().float()
+    H = hessian.detach() if overwrite_hessian and hessian.dtype == torch.float32 else hessian.detach().clone().float()
     rows, cols = W.shape
     # Inputs that were always zero carry no information; pin them so H stays invertible.
     dead = torch.diag(H) == 0
@@ -140,7 +148,7 @@ class SparseGPT(PruningMethod):
 
     def prune_linear(self, linear, stats, target, where) -> torch.Tensor:
         options = self.config.sparsegpt
-        result = sparsegpt_prune(linear.weight.data, stats.hessian(), target, options, where)
+        result = sparsegpt_prune(linear.weight.data, stats.hessian(), target, options, where, overwrite_hessian=True)
         weight = result.weight
         if (self.refit or options.refit) == "lstsq":
             weight = lstsq_refit(linear.weight.data, stats.hessian(), result.mask, options.lstsq_damp)

@@ -41,7 +41,7 @@ class InputTerms:
 
 
 def input_terms(stats: InputStatistics, config: PruneConfig, m: int, where: str) -> InputTerms:
-    H = stats.hessian().float().clone()
+    H = stats.hessian().float()  # a new tensor already: pinning dead inputs below leaves the statistics alone
     dead = torch.diag(H) == 0
     H[dead, dead] = 1.0  # dead inputs would make H singular
     upper, _ = inverse_hessian_cholesky(H, config.sparsegpt.percdamp, config.sparsegpt.max_damp_retries, where)
@@ -178,7 +178,7 @@ def build_problem(role: str, weight: torch.Tensor, stats: InputStatistics, terms
     if prior == "wanda":
         prior_keep = wanda_keep
     elif prior == "sparsegpt":
-        prior_keep = sparsegpt_prune(W, stats.hessian(), target, config.sparsegpt, role).mask
+        prior_keep = sparsegpt_prune(W, stats.hessian(), target, config.sparsegpt, role, overwrite_hessian=True).mask
     second_moment = terms.mean.pow(2) + terms.variance  # E[x_j²]
     return LayerProblem(
         role=role,
