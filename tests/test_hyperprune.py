@@ -289,7 +289,7 @@ def test_the_compact_path_for_large_layers_runs_and_stays_close(monkeypatch):
     _, full, _ = run(layers=1, steps=10)
     monkeypatch.setattr(problem_module, "_COMPACT_ABOVE", 0)
     monkeypatch.setattr(method_module, "_FEATURE_CACHE_BYTES", 0)  # features recomputed every step
-    monkeypatch.setattr(method_module, "_STEP_GROUPS", 8)  # a few rows a step
+    monkeypatch.setattr(method_module, "_COMPACT_STEP_GROUPS", 8)  # a few rows a step
     model, compact, _ = run(layers=1, steps=10)
     params = dict(model.named_parameters())
     for name, keep in compact.masks.items():

@@ -65,6 +65,27 @@ def inverse_hessian_cholesky(
     )
 
 
+@dataclass
+class InverseHessianFactor:
+    """What SparseGPT needs of H: the upper Cholesky factor of (H + λI)⁻¹, the λ finally used,
+    and the inputs never seen (diag H = 0), whose weights are zeroed."""
+
+    upper: torch.Tensor
+    damp: float
+    dead: torch.Tensor
+
+
+def inverse_hessian_factor(hessian: torch.Tensor, options: SparseGPTOptions, where: str = "layer",
+                           pinned: bool = False) -> InverseHessianFactor:
+    """Factor H for SparseGPT. Inputs that were always zero carry no information: they are
+    pinned (diag 1) so H stays invertible; ``hessian`` is modified in place unless already ``pinned``."""
+    dead = torch.diag(hessian) == 0
+    if not pinned:
+        hessian[dead, dead] = 1.0
+    upper, damp = inverse_hessian_cholesky(hessian, options.percdamp, options.max_damp_retries, where)
+    return InverseHessianFactor(upper, damp, dead)
+
+
 def sparsegpt_prune(
     weight: torch.Tensor,
     hessian: torch.Tensor,
@@ -73,6 +94,7 @@ def sparsegpt_prune(
     where: str = "layer",
     keep_mask: torch.Tensor | None = None,
     overwrite_hessian: bool = False,
+    factor: InverseHessianFactor | None = None,
 ) -> SparseGPTResult:
     """Prune ``weight`` [d_out, d_in] given H = 2XXᵀ/n [d_in, d_in] (SparseGPT, Alg. 1).
 
@@ -83,16 +105,17 @@ def sparsegpt_prune(
     With ``keep_mask`` given, no selection happens: the same sequential OBS update
     refits the kept weights for that fixed mask (HyperPrune's ``--refit-method obs``).
     With ``overwrite_hessian`` the caller's ``hessian`` (a float32 scratch copy) is modified
-    instead of copied: one d×d matrix less at peak.
+    instead of copied; with ``factor`` (from :func:`inverse_hessian_factor` on the same H and
+    options) no factorization happens and ``hessian`` is not read: d×d matrices less at peak.
     """
     W = weight.detach().clone().float()
-    H = hessian.detach() if overwrite_hessian and hessian.dtype == torch.float32 else hessian.detach().clone().float()
     rows, cols = W.shape
-    # Inputs that were always zero carry no information; pin them so H stays invertible.
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1.0
-    W[:, dead] = 0.0
-    Hinv, used_damp = inverse_hessian_cholesky(H, options.percdamp, options.max_damp_retries, where)
+    if factor is None:
+        H = hessian.detach() if overwrite_hessian and hessian.dtype == torch.float32 else hessian.detach().clone().float()
+        factor = inverse_hessian_factor(H, options, where, pinned=False)
+        del H
+    Hinv, used_damp = factor.upper, factor.damp
+    W[:, factor.dead] = 0.0
 
     pruned = torch.zeros_like(W, dtype=torch.bool)
     losses = torch.zeros(rows, device=W.device)

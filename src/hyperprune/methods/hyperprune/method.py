@@ -25,6 +25,7 @@ _CHECKPOINT_GROUPS = 1 << 21  # above this many groups in a layer, recompute h_�
 _EVAL_GROUPS = 1 << 18  # groups through h_θ at a time when no gradient is needed
 _FEATURE_CACHE_BYTES = 1 << 26  # per layer; larger layers recompute their features each step
 _STEP_GROUPS = 1 << 16  # at most this many groups per layer and step on the layer objective (activation memory)
+_COMPACT_STEP_GROUPS = 1 << 14  # the same for 7B-sized layers, whose 7 graphs are kept until the backward
 
 
 @register_method("hyperprune")
@@ -102,6 +103,8 @@ class HyperPrune(PruningMethod):
         network = self.network.to(device)
         generator = torch.Generator(device=device).manual_seed(self.config.seed * 1_000_003 + ctx.index)
 
+        for terms in shared_inputs.values():
+            terms.factor = None  # only the prior needed it: free the d×d factor before training
         setup_s = _now(device) - setup_start  # H⁻¹, the prior (a SparseGPT pass), features
         timing = self._train(ctx, network, problems, patterns, prior_table, generator, opts.steps)
         gamma_final = obj.prior_weight(opts.steps, opts.steps, opts.prior_gamma, opts.prior_decay)
@@ -251,7 +254,8 @@ class HyperPrune(PruningMethod):
         rec, out = [], []
         for problem in problems.values():
             d_out = problem.weight.shape[0]
-            count = min(max(1, round(d_out * opts.row_fraction)), max(1, _STEP_GROUPS // problem.groups_per_row))
+            cap = _COMPACT_STEP_GROUPS if problem.compact else _STEP_GROUPS
+            count = min(max(1, round(d_out * opts.row_fraction)), max(1, cap // problem.groups_per_row))
             rows = torch.randperm(d_out, generator=generator, device=ctx.device)[:count]
             start = _now(ctx.device)
             logits = self._logits(network, ctx.index, problem, rows, prior_table, gamma)

@@ -17,7 +17,7 @@ from hyperprune.engine.statistics import InputStatistics
 from hyperprune.masks import nm_mask_from_scores
 from hyperprune.methods.hyperprune import objectives as obj
 from hyperprune.methods.scoring import wanda_scores
-from hyperprune.methods.sparsegpt import inverse_hessian_cholesky, sparsegpt_prune
+from hyperprune.methods.sparsegpt import InverseHessianFactor, inverse_hessian_factor, sparsegpt_prune
 from hyperprune.models.architectures import COMPONENTS
 
 _FEATURE_ROWS_BYTES = 1 << 28  # rows of pattern-delta temporaries computed at a time
@@ -38,15 +38,14 @@ class InputTerms:
     column_norms: torch.Tensor
     mean: torch.Tensor
     variance: torch.Tensor
+    factor: InverseHessianFactor | None  # SparseGPT's, for the prior; dropped once the problems are built
 
 
 def input_terms(stats: InputStatistics, config: PruneConfig, m: int, where: str) -> InputTerms:
-    H = stats.hessian().float()  # a new tensor already: pinning dead inputs below leaves the statistics alone
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1.0  # dead inputs would make H singular
-    upper, _ = inverse_hessian_cholesky(H, config.sparsegpt.percdamp, config.sparsegpt.max_damp_retries, where)
-    return InputTerms(H, torch.diag(H), torch.diag(upper), obj.diagonal_blocks(H, m), stats.column_norms.float(),
-                      stats.mean.float(), stats.variance.float())
+    H = stats.hessian().float()  # a new tensor already: pinning dead inputs leaves the statistics alone
+    factor = inverse_hessian_factor(H, config.sparsegpt, where)  # pins dead inputs in H, which would make it singular
+    return InputTerms(H, torch.diag(H), torch.diag(factor.upper), obj.diagonal_blocks(H, m),
+                      stats.column_norms.float(), stats.mean.float(), stats.variance.float(), factor)
 
 
 @dataclass
@@ -178,7 +177,7 @@ def build_problem(role: str, weight: torch.Tensor, stats: InputStatistics, terms
     if prior == "wanda":
         prior_keep = wanda_keep
     elif prior == "sparsegpt":
-        prior_keep = sparsegpt_prune(W, stats.hessian(), target, config.sparsegpt, role, overwrite_hessian=True).mask
+        prior_keep = sparsegpt_prune(W, None, target, config.sparsegpt, role, factor=terms.factor).mask
     second_moment = terms.mean.pow(2) + terms.variance  # E[x_j²]
     return LayerProblem(
         role=role,
