@@ -171,10 +171,11 @@ class SparseGPT(PruningMethod):
 
     def prune_linear(self, linear, stats, target, where) -> torch.Tensor:
         options = self.config.sparsegpt
-        result = sparsegpt_prune(linear.weight.data, stats.hessian(), target, options, where, overwrite_hessian=True)
+        hessian = stats.hessian()  # SparseGPT pins its dead inputs in place; the lstsq refit would do the same
+        result = sparsegpt_prune(linear.weight.data, hessian, target, options, where, overwrite_hessian=True)
         weight = result.weight
         if (self.refit or options.refit) == "lstsq":
-            weight = lstsq_refit(linear.weight.data, stats.hessian(), result.mask, options.lstsq_damp)
+            weight = lstsq_refit(linear.weight.data, hessian, result.mask, options.lstsq_damp)
         linear.weight.data.copy_(weight)
         return result.mask
 

@@ -43,7 +43,6 @@ class HyperPrune(PruningMethod):
         if self.force_refit:
             self.options = self.options.model_copy(update={"refit": True})
         self.network: HyperNetwork | None = None
-        self._round_timing: dict[str, float] = {}
         self.shape: tuple[int, int, int] | None = None  # in_features, patterns, layers
         self.cache_features = torch.zeros(0)
         self.cache_layers = torch.zeros(0, dtype=torch.long)
@@ -95,7 +94,7 @@ class HyperPrune(PruningMethod):
                 shared_inputs[id(stats)] = input_terms(stats, self.config, pattern.m, f"block {ctx.index} {role}")
             problem = build_problem(role, linear.weight, stats, shared_inputs[id(stats)], ctx.target, opts.prior,
                                     patterns, self.config)
-            problem.refresh(problem.current_keep, opts.features, _FEATURE_CACHE_BYTES, opts.relaxation == "exact")
+            self._refresh(problem, problem.current_keep)
             problems[role] = problem
         in_features = obj.feature_width(opts.features, pattern.n, pattern.m)
         if self.network is None:
@@ -113,30 +112,32 @@ class HyperPrune(PruningMethod):
             info = {role: self._mask_info(problems[role], keeps[role]) for role in problems}
         refit_start = _now(device)
         if opts.refit:
-            keeps, refits = self._refit_aware(ctx, network, problems, patterns, prior_table, generator, keeps, info)
-        timing = {**timing, "setup_s": setup_s, "refit_s": _now(device) - refit_start}
+            keeps, refits, round_timing = self._refit_aware(ctx, network, problems, patterns, prior_table, generator,
+                                                            keeps, info)
+            timing |= round_timing
+        timing |= {"setup_s": setup_s, "refit_s": _now(device) - refit_start}
         masks = {}
         with torch.no_grad():
             for role, problem in problems.items():
                 keep, linear = keeps[role], ctx.linears[role]
                 if opts.refit:
-                    info[role]["refit_error"] = problem.relative_error(keep, refits[role])
                     linear.weight.data.copy_(refits[role].to(linear.weight.dtype))
                 else:
                     linear.weight.data.mul_(keep.to(linear.weight.dtype))
                 masks[role] = keep
                 ctx.info[role] = info[role]
             self._extend_continual_cache(network, ctx.index, problems, generator)
-        ctx.block_info.update(timing | self._round_timing)
+        ctx.block_info.update(timing)
         return masks
 
     def _refit_aware(self, ctx, network, problems, patterns, prior_table, generator, keeps, info):
         """Refit the learned masks; then, for ``refit_rounds`` rounds, re-price every pattern at the
         refit weights, train again and refit the new masks. Rows are independent given H, so each
         row keeps whichever candidate (prior, learned, each round) has the lowest calibration error
-        after its refit: the result is never worse, row by row, than the prior mask refit."""
+        after its refit: the result is never worse, row by row, than the prior mask refit.
+        Returns the masks, the refit weights and the rounds' timing."""
         opts = self.options
-        self._round_timing = {}
+        round_timing: dict[str, float] = {}
         best = {}
         with torch.no_grad():
             for role, problem in problems.items():
@@ -144,44 +145,48 @@ class HyperPrune(PruningMethod):
                 if problem.prior_keep is not None:
                     candidates["prior"] = problem.prior_keep
                 for name, keep in candidates.items():
-                    refit = self._refit(ctx, role, keep)
-                    info[role][f"{name}_refit_error"] = problem.relative_error(keep, refit)
-                    best[role] = self._better_rows(best.get(role), problem, keep, refit)
+                    candidate = self._refit_candidate(ctx, role, problem, keep)
+                    info[role][f"{name}_refit_error"] = _relative(candidate[2], problem)
+                    best[role] = _better_rows(best.get(role), candidate)
         for round_index in range(opts.refit_rounds):
             with torch.no_grad():
                 for role, problem in problems.items():
                     keep, refit, _ = best[role]
                     problem.rebase(refit, keep)
                     problem.prior_index = pattern_index(keep, patterns)
-                    problem.refresh(keep, opts.features, _FEATURE_CACHE_BYTES, opts.relaxation == "exact")
+                    self._refresh(problem, keep)
             timing = self._train(ctx, network, problems, patterns, prior_table, generator, opts.round_steps)
-            self._round_timing = _merge_timing(self._round_timing, {f"round_{k}": v for k, v in timing.items()})
+            round_timing = _merge_timing(round_timing, {f"round_{k}": v for k, v in timing.items()})
             gamma = obj.prior_weight(opts.round_steps, opts.round_steps, opts.prior_gamma, opts.prior_decay)
             with torch.no_grad():
                 for role, keep in self._hard_masks(network, ctx.index, problems, prior_table, gamma).items():
                     before = best[role][0]
-                    best[role] = self._better_rows(best[role], problems[role], keep, self._refit(ctx, role, keep))
+                    best[role] = _better_rows(best[role], self._refit_candidate(ctx, role, problems[role], keep))
                     info[role][f"changed_round_{round_index + 1}"] = float(
                         (best[role][0] != before).view(-1, problems[role].m).any(1).float().mean())
-        return {role: b[0] for role, b in best.items()}, {role: b[1] for role, b in best.items()}
+        for role, problem in problems.items():
+            info[role]["refit_error"] = _relative(best[role][2], problem)
+        return {role: b[0] for role, b in best.items()}, {role: b[1] for role, b in best.items()}, round_timing
 
-    @staticmethod
-    def _better_rows(best, problem: LayerProblem, keep: torch.Tensor, refit: torch.Tensor):
-        """(keep, refit, per-row error) taking, row by row, the lower calibration error."""
-        error = quadratic_output_error(problem.weight, refit, problem.hessian)
-        if best is None:
-            return keep, refit.float(), error
-        better = (error < best[2]).unsqueeze(1)
-        return (torch.where(better, keep, best[0]), torch.where(better, refit.float(), best[1]),
-                torch.minimum(error, best[2]))
+    def _refit_candidate(self, ctx, role, problem: LayerProblem, keep: torch.Tensor):
+        """(keep, refit weight, per-row calibration error (w − w′)ᵀH(w − w′))."""
+        refit = self._refit(ctx, role, problem, keep).float()
+        return keep, refit, quadratic_output_error(problem.weight, refit, problem.hessian)
 
-    def _refit(self, ctx: BlockContext, role: str, keep: torch.Tensor) -> torch.Tensor:
+    def _refresh(self, problem: LayerProblem, keep: torch.Tensor, need_costs: bool | None = None) -> None:
+        if need_costs is None:
+            need_costs = self.options.relaxation == "exact"
+        problem.refresh(keep, self.options.features, _FEATURE_CACHE_BYTES, need_costs)
+
+    def _refit(self, ctx: BlockContext, role: str, problem: LayerProblem, keep: torch.Tensor) -> torch.Tensor:
         """The kept weights of the dense layer refit for ``keep`` (zero elsewhere)."""
-        weight, hessian = ctx.linears[role].weight.data, ctx.statistics[role].hessian()
+        weight = ctx.linears[role].weight.data
         if self.options.refit_method == "lstsq":
-            return lstsq_refit(weight, hessian, keep, self.options.refit_damp)
-        return sparsegpt_prune(weight, hessian, ctx.target, self.config.sparsegpt, f"block {ctx.index} {role}",
-                               keep_mask=keep).weight
+            # The problem's H (dead inputs pinned) gives the same damped system as a fresh copy.
+            return lstsq_refit(weight, problem.hessian, keep, self.options.refit_damp)
+        # OBS needs the raw H: it zeroes the weights of inputs never seen (diag H = 0).
+        return sparsegpt_prune(weight, ctx.statistics[role].hessian(), ctx.target, self.config.sparsegpt,
+                               f"block {ctx.index} {role}", keep_mask=keep, overwrite_hessian=True).weight
 
     def _mask_info(self, problem: LayerProblem, keep: torch.Tensor) -> dict[str, float]:
         info = {"mask_error": problem.relative_error(keep)}
@@ -226,7 +231,7 @@ class HyperPrune(PruningMethod):
                 with torch.no_grad():
                     network.eval()
                     for role, keep in self._hard_masks(network, ctx.index, problems, prior_table, gamma).items():
-                        problems[role].refresh(keep, opts.features, _FEATURE_CACHE_BYTES, False)
+                        self._refresh(problems[role], keep, need_costs=False)
                     network.train()
                 clock["refresh_s"] = clock.get("refresh_s", 0.0) + _now(ctx.device) - start
             on_block = step >= block_from
@@ -377,6 +382,20 @@ class HyperPruneRefit(HyperPrune):
     default (``--refit-method``), with optional refit-aware rounds (``--refit-rounds``)."""
 
     force_refit = True
+
+
+def _better_rows(best, candidate):
+    """Of two (keep, refit, per-row error) triples, row by row the one with the lower error."""
+    if best is None:
+        return candidate
+    better = (candidate[2] < best[2]).unsqueeze(1)
+    return (torch.where(better, candidate[0], best[0]), torch.where(better, candidate[1], best[1]),
+            torch.minimum(candidate[2], best[2]))
+
+
+def _relative(row_errors: torch.Tensor, problem: LayerProblem) -> float:
+    """Σ rows (w − w′)ᵀH(w − w′) / ‖WX‖²: the layer's relative calibration error."""
+    return float(row_errors.sum() / problem.dense_energy.sum().clamp_min(1e-12))
 
 
 def _merge_timing(total: dict[str, float], more: dict[str, float]) -> dict[str, float]:

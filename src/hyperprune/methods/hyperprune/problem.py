@@ -148,9 +148,9 @@ class LayerProblem:
             index = index[rows]
         return table[index.reshape(-1).long()]
 
-    def relative_error(self, keep: torch.Tensor, weight: torch.Tensor | None = None) -> float:
-        """‖(W − Ŵ)X‖²/‖WX‖² for a hard keep-mask: Ŵ = W ⊙ keep, or ``weight`` (a refit) if given."""
-        delta = self.weight * (~keep) if weight is None else self.weight - weight.float()
+    def relative_error(self, keep: torch.Tensor) -> float:
+        """‖(W − W ⊙ keep)X‖²/‖WX‖² for a hard keep-mask, weights not updated."""
+        delta = self.weight * (~keep)
         return float(obj.quadratic_error(delta, self.hessian) / self.dense_energy.sum().clamp_min(1e-12))
 
 
