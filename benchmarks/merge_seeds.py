@@ -18,7 +18,9 @@ import statistics
 from pathlib import Path
 
 
-def merge(runs: list[dict]) -> dict:
+def merge(runs: list[dict], time_seeds: set[int] | None = None) -> dict:
+    """``time_seeds``: only these seeds' prune times count (runs that shared the CPU with other
+    work measure quality fine but time badly); None counts every seed."""
     methods: dict[str, dict] = {}
     evals = runs[0].get("evals") and list(runs[0]["evals"]) or [runs[0]["eval"]]
     for run in runs:
@@ -28,11 +30,13 @@ def merge(runs: list[dict]) -> dict:
             slot["seeds"].append(run["seed"])
             for source in evals:
                 slot["ppl"][source].append(entry["ppl_by_eval"][source])
-            slot["prune_seconds"].append(entry["prune_seconds"])
+            if time_seeds is None or run["seed"] in time_seeds:
+                slot["prune_seconds"].append(entry["prune_seconds"])
             slot["peak_rss_bytes"].append(entry["peak_rss_bytes"])
             if "mean_block_rel_update_error" in entry:  # ‖f′(x) − f(x)‖²/‖f(x) − x‖², calibration
                 slot["block_err"].append(entry["mean_block_rel_update_error"])
-    reference = statistics.median(methods["sparsegpt"]["prune_seconds"]) if "sparsegpt" in methods else None
+    reference_times = methods.get("sparsegpt", {}).get("prune_seconds")
+    reference = statistics.median(reference_times) if reference_times else None
     summary = {}
     for name, slot in methods.items():
         row = {"seeds": slot["seeds"], "ppl": {}, "peak_rss_bytes": max(slot["peak_rss_bytes"])}
@@ -43,12 +47,13 @@ def merge(runs: list[dict]) -> dict:
                 "std": statistics.stdev(values) if len(values) > 1 else 0.0,
                 "values": values,
             }
-        seconds = statistics.median(slot["prune_seconds"])
+        seconds = statistics.median(slot["prune_seconds"]) if slot["prune_seconds"] else None
         row["prune_seconds_median"] = seconds
         row["time_vs_sparsegpt"] = seconds / reference if reference and seconds else None
         row["block_err_mean"] = statistics.fmean(slot["block_err"]) if slot["block_err"] else None
         summary[name] = row
     return {"evals": evals, "methods": summary, "inputs": [r.get("_path") for r in runs],
+            "time_seeds": sorted(time_seeds) if time_seeds is not None else "all",
             "config": runs[0].get("config"), "versions": runs[0].get("versions")}
 
 
@@ -72,13 +77,16 @@ def main() -> None:
     parser.add_argument("inputs", nargs="+")
     parser.add_argument("--json", default=None, help="write the merged summary here")
     parser.add_argument("--markdown", action="store_true", help="print a README table")
+    parser.add_argument("--time-seeds", default=None,
+                        help="comma-separated seeds whose prune times count (default: all), e.g. the runs that had the CPU to themselves")
     args = parser.parse_args()
     runs = []
     for path in args.inputs:
         run = json.loads(Path(path).read_text())
         run["_path"] = path
         runs.append(run)
-    merged = merge(runs)
+    time_seeds = {int(s) for s in args.time_seeds.split(",")} if args.time_seeds else None
+    merged = merge(runs, time_seeds)
     if args.json:
         Path(args.json).write_text(json.dumps(merged, indent=2))
     print(markdown(merged) if args.markdown else json.dumps(merged, indent=2))

@@ -298,3 +298,30 @@ def test_the_compact_path_for_large_layers_runs_and_stays_close(monkeypatch):
     prior = sum(r.info["prior_error"] for r in compact.layers)
     assert learned <= prior * 1.05  # training from the prior on few rows does not wreck it
     assert abs(learned - sum(r.info["mask_error"] for r in full.layers)) < 0.2 * prior
+
+
+def test_continual_term_gradient_is_bit_identical_run_to_run():
+    """Issue 14: the continual cache indexes the embeddings with thousands of repeated layer and
+    component ids. ``table[index]`` accumulated its gradient in parallel in no fixed order on
+    the CPU (about every repeat differed in the last bits), so two runs trained two different
+    hypernetworks. Every repeat must now give the same gradient, bit for bit."""
+    options = HyperPruneOptions()
+    network = HyperNetwork(24, 6, 30, options, torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.add_(0.1 * torch.randn(parameter.shape, generator=generator))
+    rows = 3500  # 10 finished blocks × 7 layers × 50 cached groups
+    features = torch.randn(rows, 24, generator=generator)
+    targets = torch.randn(rows, 6, generator=generator)
+    layers = torch.randint(0, 10, (rows,), generator=generator)
+    components = torch.randint(0, 7, (rows,), generator=generator)
+    gradients = []
+    for _ in range(8):
+        network.zero_grad(set_to_none=True)
+        logits = network(features, network.context_bias(layers, components))
+        obj.continual_penalty(logits, targets).backward()
+        gradients.append({name: p.grad.clone() for name, p in network.named_parameters()})
+    for repeat in gradients[1:]:
+        for name, grad in repeat.items():
+            assert torch.equal(grad, gradients[0][name]), name

@@ -9,13 +9,14 @@ import os
 import random
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors import safe_open
 
-from conftest import tiny_model
+from conftest import TOKENIZER_TEXT, tiny_model, tiny_tokenizer
 from hyperprune.cli import main
 from hyperprune.engine.checkpoint import MANIFEST, partial_dir_for
 
@@ -259,3 +260,86 @@ def test_hyperprune_state_survives_a_kill_and_resume_is_bit_identical(tmp_path, 
     assert report["config"]["hyperprune"]["steps"] == 6
     # the method's report notes survive too
     assert all("mask_error" in layer["info"] for layer in report["layers"])
+
+
+# The product's defaults for HyperPrune: exact relaxation, layer objective, prior, continual term.
+# 500 cached groups per layer: a continual cache of thousands of rows, where the hypernetwork's
+# gradient is large enough for MKL to round differently on unaligned inputs (issue 14).
+HP_IN_MEMORY = ["--method", "hyperprune", "--steps", "6", "--continual-groups", "500", "--no-stream"]
+
+
+@pytest.fixture(scope="module")
+def hp_reference(tmp_path_factory):
+    """One uninterrupted CLI run at HyperPrune's defaults, on a model held in memory (as a GGUF
+    model is): the reference every kill-and-resume run below must reproduce bit for bit."""
+    root = tmp_path_factory.mktemp("hp-resume")
+    directory = root / "tiny5"
+    tiny_model("llama", num_hidden_layers=NLAYERS).save_pretrained(directory)
+    tiny_tokenizer().save_pretrained(directory)
+    calib = root / "calib.txt"
+    calib.write_text(TOKENIZER_TEXT * 4)
+    reference = root / "reference"
+    done = run_subprocess(prune_args(directory, calib, reference, *HP_IN_MEMORY))
+    assert done.returncode == 0, done.stderr[-500:]
+    return directory, calib, reference
+
+
+def resume_and_compare(hp_reference, out) -> dict:
+    directory, calib, reference = hp_reference
+    resumed = run_subprocess(prune_args(directory, calib, out, *HP_IN_MEMORY, "--resume"))
+    assert resumed.returncode == 0, resumed.stderr[-500:]
+    assert_bit_identical(reference, out)
+    return json.loads((out / "report.json").read_text())
+
+
+@pytest.mark.parametrize("phase", ["mid_block", "mid_checkpoint"])
+def test_hyperprune_defaults_in_memory_cli_kill_and_resume(tmp_path, hp_reference, phase):
+    """Issue 14's path, every run a separate CLI process, killed during a block or its checkpoint."""
+    directory, calib, _ = hp_reference
+    block = 1 + random.randrange(NLAYERS - 1)  # after at least one checkpoint: state must carry over
+    out = tmp_path / "killed"
+    killed = run_subprocess(prune_args(directory, calib, out, *HP_IN_MEMORY), {"HYPERPRUNE_FAULT": f"{block}:{phase}"})
+    assert killed.returncode == -9, f"block {block}: {killed.stderr[-500:]}"
+    assert resume_and_compare(hp_reference, out)["resumed_from_block"] == block
+
+
+def test_hyperprune_killed_at_a_random_time_resumes_bit_identically(tmp_path, hp_reference):
+    """A plain kill -9 at an arbitrary moment after the first checkpoint, as a user would."""
+    directory, calib, _ = hp_reference
+    out = tmp_path / "killed"
+    manifest = partial_dir_for(out) / MANIFEST
+    # A pause after block 3's checkpoint leaves room for a kill before the run can finish.
+    proc = subprocess.Popen([sys.executable, "-m", "hyperprune.cli", *prune_args(directory, calib, out, *HP_IN_MEMORY)],
+                            env={**os.environ, "HYPERPRUNE_FAULT": "3:pause"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not manifest.exists() and proc.poll() is None:
+        time.sleep(0.01)
+    time.sleep(random.uniform(0.0, 0.5))  # anywhere in blocks 1 to 3, or in a checkpoint
+    proc.kill()
+    assert proc.wait() == -9 and not out.exists()
+    completed = json.loads(manifest.read_text())["completed"]
+    assert resume_and_compare(hp_reference, out)["resumed_from_block"] == completed
+
+
+def final_method_state(directory, calib, out, fault_env) -> dict[str, torch.Tensor]:
+    """Run (and maybe resume) to the last block's checkpoint, stop there, read the method state."""
+    last = f"{NLAYERS - 1}:after_checkpoint"
+    if fault_env:
+        killed = run_subprocess(prune_args(directory, calib, out, *HP_IN_MEMORY), {"HYPERPRUNE_FAULT": fault_env})
+        assert killed.returncode == -9, killed.stderr[-500:]
+    extra = ["--resume"] if fault_env else []
+    stopped = run_subprocess(prune_args(directory, calib, out, *HP_IN_MEMORY, *extra), {"HYPERPRUNE_FAULT": last})
+    assert stopped.returncode == -9, stopped.stderr[-500:]
+    with safe_open(str(partial_dir_for(out) / f"state/method-{NLAYERS - 1:05d}.safetensors"), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}
+
+
+def test_resumed_hypernetwork_state_is_bit_identical(tmp_path, hp_reference):
+    """Masks hide small differences (a flip needs a near-tie); the trained hypernetwork and its
+    continual cache do not. Both must end bit-identical after a kill and resume."""
+    directory, calib, _ = hp_reference
+    uninterrupted = final_method_state(directory, calib, tmp_path / "a", None)
+    resumed = final_method_state(directory, calib, tmp_path / "b", "1:mid_block")
+    assert uninterrupted.keys() == resumed.keys() and "network.first.weight" in uninterrupted
+    for key in uninterrupted:
+        assert torch.equal(uninterrupted[key], resumed[key]), key

@@ -183,11 +183,15 @@ def _restore_numpy_state(saved: list) -> None:
 
 
 def _fault_point(index: int, phase: str) -> None:
-    """Test hook: HYPERPRUNE_FAULT=<block>:<phase> kills the process there with SIGKILL,
-    the way a crash or an OOM kill would."""
+    """Test hook: HYPERPRUNE_FAULT=<block>:<phase> kills the process there with SIGKILL, the way
+    a crash or an OOM kill would; ``<block>:pause`` sleeps after that block's checkpoint instead,
+    so a test can kill the process from outside at a moment of its choosing."""
     import os
     import signal
+    import time
 
     fault = os.environ.get("HYPERPRUNE_FAULT")
     if fault and fault == f"{index}:{phase}":
         os.kill(os.getpid(), signal.SIGKILL)
+    if fault and fault == f"{index}:pause" and phase == "after_checkpoint":
+        time.sleep(600)

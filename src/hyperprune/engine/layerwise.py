@@ -191,6 +191,7 @@ def _prune_block(
     )
     try:
         block_masks = method.prune_block(ctx)
+        _fault_point(index, "mid_block")  # the block is pruned in memory, nothing of it on disk yet
         for role, lin in linears.items():
             check_finite(lin.weight, "pruned weights", index, role)
     except BaseException:

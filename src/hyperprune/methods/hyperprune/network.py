@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from hyperprune.config import HyperPruneOptions
@@ -54,11 +55,14 @@ class HyperNetwork(nn.Module):
 
     def context_bias(self, layer: torch.Tensor, component: torch.Tensor) -> torch.Tensor:
         """W_e·[e_ℓ; t] for index tensors ``layer`` and ``component`` (same shape)."""
+        # F.embedding, not ``table[index]``: on the CPU the backward of advanced indexing with
+        # repeated indices (the continual cache's thousands of rows) accumulates in parallel in
+        # no fixed order, so the same run could train a different network (issue 14).
         bias = torch.zeros(*layer.shape, self.first.out_features, device=self.first.weight.device)
         if self.layer_embedding is not None:
-            bias = bias + self.layer_projection(self.layer_embedding[layer])
+            bias = bias + self.layer_projection(F.embedding(layer, self.layer_embedding))
         if self.component_embedding is not None:
-            bias = bias + self.component_projection(self.component_embedding[component])
+            bias = bias + self.component_projection(F.embedding(component, self.component_embedding))
         return bias
 
     def forward(self, features: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
