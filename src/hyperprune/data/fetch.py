@@ -29,7 +29,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
 from hyperprune.errors import HyperpruneError
-from hyperprune.export.shards import file_sha256
+from hyperprune.utils import file_sha256
 
 NPM_REGISTRY = "https://registry.npmjs.org"
 PYPI = "https://pypi.org/pypi"

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import save_file
 
 from hyperprune.errors import HyperpruneError
+from hyperprune.utils import file_sha256  # noqa: F401  (re-exported)
 
 INDEX_FILE = "model.safetensors.index.json"
 
@@ -83,14 +84,6 @@ def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[s
     contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     with _atomic_file(path) as tmp:
         save_file(contiguous, str(tmp), metadata={"format": "pt", **(metadata or {})})
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def write_index(directory: Path, weight_map: dict[str, str], total_size: int) -> None:
