@@ -283,3 +283,17 @@ def test_compare_tasks_and_plots(capsys, tiny_model_dir, calib_file, jsonl_task,
             image.verify()
     text = (plots / "report.md").read_text()
     assert "![zero-shot accuracy](zeroshot.png)" in text and "| sparsegpt |" in text and "hyperprune compare" in text
+
+
+def test_hub_task_without_the_hub_fails_with_one_line(tiny_model_dir):
+    """lm-eval:NAME needs the hub; unreachable (forced offline here), the error says what to use instead."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "hyperprune.cli", "eval", "--model", str(tiny_model_dir),
+                           "--tasks", "lm-eval:piqa", "--limit", "1", "--quiet"], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("hyperprune: error:")]
+    assert len(errors) == 1 and "need the Hugging Face hub" in errors[0] and "packaged tasks" in errors[0], proc.stderr

@@ -1,7 +1,7 @@
 """hyperprune: prune LLMs to hardware-friendly n:m semi-structured sparsity."""
 
 from hyperprune.api import compare, evaluate, prune
-from hyperprune.config import NMPattern, PruneConfig, SparseGPTOptions, SparsityTarget
+from hyperprune.config import NMPattern, PruneConfig, SparseGPTOptions, SparsityTarget, ZeroShotOptions
 from hyperprune.errors import HyperpruneError
 from hyperprune.eval import evaluate_perplexity
 from hyperprune.methods import METHODS, PruningMethod, register_method
@@ -14,6 +14,7 @@ __all__ = [
     "PruningMethod",
     "SparseGPTOptions",
     "SparsityTarget",
+    "ZeroShotOptions",
     "compare",
     "evaluate",
     "evaluate_perplexity",
