@@ -72,7 +72,7 @@ def _save(fig, path: Path) -> Path:
 def plot_ppl(result: dict[str, Any], path: Path) -> Path:
     methods = list(result["methods"])
     texts = list(result["evals"])
-    fig, ax = _figure(max(6.0, 1.3 * len(methods) * max(1, len(texts)) / 2 + 2), 4.2)
+    fig, ax = _figure(min(13.0, max(6.0, 0.4 * len(methods) * max(1, len(texts)) + 3.0)), 4.5)
     positions, bar = _bar_positions(len(methods), len(texts))
     values = [[result["methods"][m]["ppl_by_eval"][t] for m in methods] for t in texts]
     for k, text in enumerate(texts):
@@ -112,7 +112,7 @@ def plot_zeroshot(result: dict[str, Any], path: Path) -> Path:
     methods = [m for m, r in result["methods"].items() if "tasks" in r]
     tasks = list(result["methods"][methods[0]]["tasks"])
     pruned = [m for m in methods if m != "dense"] or methods
-    fig, ax = _figure(max(7.0, 1.1 * len(tasks) * max(1, len(pruned)) / 2 + 2.5), 4.5)
+    fig, ax = _figure(min(14.0, max(7.0, 0.35 * len(tasks) * max(1, len(pruned)) + 3.0)), 5.0)
     positions, bar = _bar_positions(len(tasks), len(pruned))
     for k, name in enumerate(pruned):
         rows = [result["methods"][name]["tasks"][t] for t in tasks]
@@ -144,7 +144,7 @@ def plot_cost(result: dict[str, Any], path: Path) -> Path:
     seconds = [result["methods"][m]["prune_seconds"] for m in methods]
     gib = [(result["methods"][m]["peak_rss_bytes"] or 0) / 2**30 for m in methods]
     bars = left.bar(methods, seconds, color="tab:blue")
-    left.bar_label(bars, labels=[f"{s:.3g}" for s in seconds], fontsize=7, padding=1)
+    left.bar_label(bars, labels=[f"{s:.0f}" if s >= 10 else f"{s:.2g}" for s in seconds], fontsize=7, padding=1)
     positive = [s for s in seconds if s > 0]
     if positive and max(positive) / min(positive) > LOG_SCALE_RATIO:
         left.set_yscale("log")
