@@ -52,7 +52,9 @@ def test_pass_through_detects_a_leaking_cache():
     block = model.model.layers[0]
     clean = block(captured.hidden[1:2], **captured.kwargs)
     cache = DynamicCache(config=model.config)
-    leaky_kwargs = {**captured.kwargs, "past_key_values": cache, "use_cache": True}
+    # The cache argument is `cache` from transformers 5.24 on, `past_key_values` before.
+    cache_key = "cache" if "cache" in captured.kwargs else "past_key_values"
+    leaky_kwargs = {**captured.kwargs, cache_key: cache, "use_cache": True}
     block(captured.hidden[0:1], **leaky_kwargs)
     leaky = block(captured.hidden[1:2], **leaky_kwargs)
     clean = clean[0] if isinstance(clean, tuple) else clean

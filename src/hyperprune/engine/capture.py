@@ -42,8 +42,9 @@ def replay_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     called with ``past_key_values`` appends each sample's keys and values to it, so
     every later sample would silently attend to the earlier ones.
     """
-    clean = {k: v for k, v in kwargs.items() if k not in ("past_key_values", "past_key_value", "cache_position")}
-    clean["past_key_values"] = None
+    clean = {k: v for k, v in kwargs.items() if k not in ("past_key_values", "past_key_value", "cache", "cache_position")}
+    # transformers 5.24 renamed a layer's cache argument to `cache`; earlier versions call it past_key_values.
+    clean["cache" if "cache" in kwargs else "past_key_values"] = None
     clean["use_cache"] = False
     return clean
 
