@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from hyperprune.config import ZeroShotOptions
+from hyperprune.data.zeroshot import ZEROSHOT_TASKS, zeroshot_task_file
 from hyperprune.errors import HyperpruneError
 from hyperprune.eval.tasks import EVAL_EXTRA_HINT, TaskSpec, import_lm_eval, lm_eval_task, load_jsonl_task, parse_tasks
 
@@ -43,8 +44,6 @@ def informative_tasks(dense_tasks: dict[str, dict[str, Any]], margin: float = 0.
 
 def resolve_tasks(options: ZeroShotOptions) -> list[TaskSpec]:
     """Parse and check every task up front (data built, JSONL read), before any long work."""
-    from hyperprune.data.zeroshot import zeroshot_task_file
-
     import_lm_eval()
     specs = parse_tasks(list(options.tasks), options.field_map)
     for spec in specs:
@@ -100,7 +99,7 @@ def evaluate_tasks(
         hub = [s.source for s in specs if s.kind == "hub"]
         if hub:
             raise HyperpruneError(f"lm-eval task(s) {', '.join(hub)} need the Hugging Face hub, which is unreachable "
-                                  f"({type(exc).__name__}); use the packaged tasks ({', '.join(s for s in _packaged_names())}) "
+                                  f"({type(exc).__name__}); use the packaged tasks ({', '.join(ZEROSHOT_TASKS)}) "
                                   "or a .jsonl file") from None
         raise
     seconds = time.perf_counter() - start
@@ -142,12 +141,6 @@ def evaluate_tasks(
         "requests_per_second": requests / seconds if seconds > 0 else None,
         "lm_eval_version": output.get("lm_eval_version"),
     }
-
-
-def _packaged_names() -> list[str]:
-    from hyperprune.data.zeroshot import ZEROSHOT_TASKS
-
-    return list(ZEROSHOT_TASKS)
 
 
 def _result_key(output: dict[str, Any], spec: TaskSpec) -> str:
