@@ -17,6 +17,7 @@ from hyperprune.config import (
     DEFAULT_NSAMPLES,
     DEFAULT_SEED,
     PruneConfig,
+    ReconstructOptions,
     SparseGPTOptions,
     SparsityTarget,
     ZeroShotOptions,
@@ -50,7 +51,35 @@ def _add_pruning(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-offload", action="store_true", help="keep calibration activations on the compute device")
     p.add_argument("--offload-to-disk", action="store_true", help="keep calibration activations in memory-mapped files (when they don't fit in RAM)")
     p.add_argument("--on-nan", default="error", choices=["error", "skip"], help="on NaN/Inf: stop (default) or keep that block dense")
+    _add_reconstruct(p)
     _add_hyperprune(p)
+
+
+def _add_reconstruct(p: argparse.ArgumentParser) -> None:
+    defaults, config = ReconstructOptions(), PruneConfig.model_fields
+    group = p.add_argument_group("Recovery after pruning (any method)")
+    group.add_argument("--target", dest="fit_target", default=config["fit_target"].default, choices=["pruned", "dense"],
+                       help="fit each block to the dense block's output on the pruned inputs, or to the dense model's "
+                            "own hidden state (corrects carried error; default: pruned)")
+    group.add_argument("--target-damp", type=float, default=config["target_damp"].default,
+                       help=f"ridge λ of the --target dense weight fit, fraction of mean diag H (default: {config['target_damp'].default})")
+    group.add_argument("--reconstruct-steps", type=int, default=defaults.steps,
+                       help="masked Adam steps per block on the block's output error, after the method (default: 0 = off)")
+    group.add_argument("--reconstruct-holdout", type=int, default=defaults.holdout,
+                       help=f"calibration windows held out for early stopping (default: {defaults.holdout})")
+    group.add_argument("--reconstruct-lr", type=float, default=defaults.lr, help=f"reconstruction learning rate (default: {defaults.lr})")
+    group.add_argument("--reconstruct-batch-size", type=int, default=defaults.batch_size,
+                       help=f"windows per reconstruction step (default: {defaults.batch_size})")
+    group.add_argument("--reconstruct-eval-every", type=int, default=defaults.eval_every,
+                       help=f"steps between held-out checks (default: {defaults.eval_every})")
+    group.add_argument("--reconstruct-patience", type=int, default=defaults.patience,
+                       help=f"held-out checks without improvement before stopping (default: {defaults.patience})")
+
+
+def _reconstruct_options(args: argparse.Namespace) -> ReconstructOptions:
+    return ReconstructOptions(steps=args.reconstruct_steps, holdout=args.reconstruct_holdout, lr=args.reconstruct_lr,
+                              batch_size=args.reconstruct_batch_size, eval_every=args.reconstruct_eval_every,
+                              patience=args.reconstruct_patience)
 
 
 # (flag, field, type or action, help); every default lives in HyperPruneOptions.
@@ -225,6 +254,9 @@ def _config(args: argparse.Namespace, method: str) -> PruneConfig:
             sparsegpt=SparseGPTOptions(percdamp=args.percdamp, blocksize=args.blocksize, refit=args.sparsegpt_refit,
                                        lstsq_damp=args.sparsegpt_lstsq_damp),
             hyperprune=_hyperprune_options(args),
+            fit_target=args.fit_target,
+            target_damp=args.target_damp,
+            reconstruct=_reconstruct_options(args),
         )
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
         raise HyperpruneError(_first_error(exc)) from None

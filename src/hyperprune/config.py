@@ -194,6 +194,21 @@ class HyperPruneOptions(BaseModel):
         return tuple(value)
 
 
+class ReconstructOptions(BaseModel):
+    """Block-wise reconstruction after any method (``--reconstruct-steps``): the block's kept
+    weights are trained with the mask fixed, on the block's output error, with early stopping
+    on held-out calibration windows (the "pruning paradox", arXiv 2406.15524: it overfits)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    steps: int = Field(0, ge=0, description="Adam steps per block; 0: off")
+    holdout: int = Field(4, ge=1, description="calibration windows held out of training, for early stopping")
+    lr: float = Field(1e-4, gt=0, description="Adam learning rate of the kept weights")
+    batch_size: int = Field(4, gt=0, description="calibration windows per step")
+    eval_every: int = Field(10, gt=0, description="steps between held-out evaluations")
+    patience: int = Field(3, ge=1, description="stop after this many evaluations without a held-out improvement")
+
+
 class PruneConfig(BaseModel):
     """Everything that determines a pruning run. Recorded in full in every report."""
 
@@ -216,6 +231,25 @@ class PruneConfig(BaseModel):
     on_nan: Literal["error", "skip"] = Field("error", description="on NaN/Inf: stop, or keep that block dense")
     sparsegpt: SparseGPTOptions = Field(default_factory=SparseGPTOptions)
     hyperprune: HyperPruneOptions = Field(default_factory=HyperPruneOptions)
+    fit_target: Literal["pruned", "dense"] = Field(
+        "pruned",
+        description="what a block is fitted to (--target): pruned: the dense block's output on the pruned model's "
+        "inputs; dense: the dense model's own hidden state at that depth, which also corrects the error carried in",
+    )
+    target_damp: float = Field(
+        DEFAULT_LSTSQ_DAMP, gt=0, description="ridge λ toward the dense weights of the --target dense weight fit, "
+        "fraction of mean(diag H)"
+    )
+    reconstruct: ReconstructOptions = Field(default_factory=ReconstructOptions)
+
+    @model_validator(mode="after")
+    def _holdout_leaves_training(self) -> PruneConfig:
+        if self.reconstruct.steps > 0 and self.reconstruct.holdout >= self.nsamples:
+            raise ValueError(
+                f"--reconstruct-holdout {self.reconstruct.holdout} leaves no training windows of --nsamples "
+                f"{self.nsamples}; hold out fewer or calibrate on more"
+            )
+        return self
 
 
 class ZeroShotOptions(BaseModel):

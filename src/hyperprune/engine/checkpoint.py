@@ -41,6 +41,7 @@ class ResumeState:
     blocks: list[dict[str, Any]]
     skipped: list[dict[str, Any]]
     method_state: dict[str, torch.Tensor]
+    dense_stream: torch.Tensor | None = None  # the dense trajectory (--target dense)
 
 
 @dataclass
@@ -68,6 +69,7 @@ class RunCheckpoint:
         layers: list[dict[str, Any]],
         blocks: list[dict[str, Any]],
         skipped: list[dict[str, Any]],
+        dense_stream: torch.Tensor | None = None,
     ) -> None:
         """Write block ``index`` and everything needed to resume after it; manifest last."""
         (self.directory / "masks").mkdir(parents=True, exist_ok=True)
@@ -78,7 +80,9 @@ class RunCheckpoint:
                 {name: pack_mask(mask) for name, mask in masks.items()},
                 {"shapes": json.dumps({name: list(mask.shape) for name, mask in masks.items()})},
             ),
-            f"state/inputs-{index:05d}.safetensors": ({"inputs": next_inputs, "torch_rng": torch.get_rng_state()}, {}),
+            f"state/inputs-{index:05d}.safetensors": (
+                {"inputs": next_inputs, "torch_rng": torch.get_rng_state(),
+                 **({"dense_stream": dense_stream} if dense_stream is not None else {})}, {}),
             f"state/method-{index:05d}.safetensors": (method_state or {"_empty": torch.zeros(0)}, {}),
         }
         previous_state = [name for name in self.files if name.startswith("state/")]
@@ -143,12 +147,14 @@ class RunCheckpoint:
         index = manifest["completed"] - 1
         with safe_open(str(self.directory / f"state/inputs-{index:05d}.safetensors"), framework="pt") as f:
             inputs = f.get_tensor("inputs")
+            dense_stream = f.get_tensor("dense_stream") if "dense_stream" in f.keys() else None
             torch.set_rng_state(f.get_tensor("torch_rng"))
         with safe_open(str(self.directory / f"state/method-{index:05d}.safetensors"), framework="pt") as f:
             method_state = {k: f.get_tensor(k) for k in f.keys() if k != "_empty"}
         _restore_random_state(manifest["python_random"])
         _restore_numpy_state(manifest["numpy_random"])
-        return ResumeState(manifest["completed"], inputs, manifest["layers"], manifest["blocks"], manifest["skipped"], method_state)
+        return ResumeState(manifest["completed"], inputs, manifest["layers"], manifest["blocks"], manifest["skipped"],
+                           method_state, dense_stream)
 
     def read_block(self, index: int) -> dict[str, torch.Tensor]:
         with safe_open(str(self.directory / self.block_shard(index)), framework="pt") as f:

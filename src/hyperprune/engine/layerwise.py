@@ -24,6 +24,8 @@ from tqdm.auto import tqdm
 from hyperprune.engine.blocks import BlockStore, ModelBlocks
 from hyperprune.engine.capture import activation_buffer, capture_block_inputs, to_device
 from hyperprune.engine.checkpoint import RunCheckpoint, _fault_point
+from hyperprune.engine.dense_stream import PairedInputs, apply_dense_target
+from hyperprune.engine.reconstruct import reconstruct_block
 from hyperprune.engine.statistics import InputStatistics, StatisticsKind
 from hyperprune.errors import HyperpruneError
 from hyperprune.masks import count_nm_violations, sparsity_of
@@ -54,6 +56,9 @@ class BlockRecord:
     # to the residual stream, which is not dwarfed by the stream itself
     rel_update_error: float = 0.0
     info: dict[str, Any] = field(default_factory=dict)  # the method's block-level notes
+    # Σ‖pruned output − dense model's hidden state‖² / Σ‖dense hidden state‖²: the error carried to
+    # this depth (only with --target dense, which keeps the dense trajectory)
+    rel_dense_error: float | None = None
 
 
 @dataclass
@@ -139,6 +144,7 @@ class _BlockOutcome:
     rel_error: float
     rel_update_error: float = 0.0
     info: dict[str, Any] = field(default_factory=dict)
+    rel_dense_error: float | None = None
 
 
 def _prune_block(
@@ -152,9 +158,12 @@ def _prune_block(
     kwargs: dict[str, Any],
     device: torch.device,
     offload: torch.device,
+    dense_stream: torch.Tensor | None = None,
 ) -> _BlockOutcome:
-    """Prune one block in place; write its pruned outputs into ``outputs``."""
+    """Prune one block in place; write its pruned outputs into ``outputs``, and advance the
+    dense trajectory ``dense_stream`` (``--target dense``) through the dense block, in place."""
     nsamples = inputs.shape[0]
+    settings = method.config
 
     def forward(hidden: torch.Tensor) -> torch.Tensor:
         return block_output(block(hidden, **kwargs))
@@ -174,6 +183,7 @@ def _prune_block(
                 handle.remove()
     check_finite(outputs, "output activations", index)
     _check_statistics(stats, index)
+    paired = _advance_dense_stream(index, block, linears, layout, method, inputs, dense_stream, forward, device, offload)
 
     dense_weights = {role: lin.weight.detach().clone() for role, lin in linears.items()}
     ctx = BlockContext(
@@ -190,7 +200,14 @@ def _prune_block(
         kwargs=kwargs,
     )
     try:
+        if paired is not None:
+            apply_dense_target(linears, stats, paired, settings.target_damp)
         block_masks = method.prune_block(ctx)
+        if settings.reconstruct.steps > 0:
+            targets = dense_stream if settings.fit_target == "dense" else outputs
+            report = reconstruct_block(block, forward, linears, block_masks, inputs, targets, settings.reconstruct,
+                                       device, seed=settings.seed * 1_000_003 + index, index=index)
+            ctx.block_info["reconstruct"] = report.as_info()
         _fault_point(index, "mid_block")  # the block is pruned in memory, nothing of it on disk yet
         for role, lin in linears.items():
             check_finite(lin.weight, "pruned weights", index, role)
@@ -205,7 +222,7 @@ def _prune_block(
     # The dense copies become ΔW = W − W' in place: no third copy of the block's weights.
     meters = {role: _ErrorMeter(dense_weights.pop(role).sub_(lin.weight.detach())) for role, lin in linears.items()}
     handles = [linears[role].register_forward_hook(meter) for role, meter in meters.items()]
-    err_num = err_den = update_den = 0.0
+    err_num = err_den = update_den = far_num = far_den = 0.0
     with torch.no_grad():
         try:
             for s in range(nsamples):
@@ -215,6 +232,10 @@ def _prune_block(
                 err_num += float((pruned - dense).float().pow(2).sum())
                 err_den += float(dense.float().pow(2).sum())
                 update_den += float((dense - hidden[0]).float().pow(2).sum())
+                if dense_stream is not None:
+                    trajectory = dense_stream[s].to(device).float()
+                    far_num += float((pruned.float() - trajectory).pow(2).sum())
+                    far_den += float(trajectory.pow(2).sum())
                 outputs[s] = pruned.to(offload)
         finally:
             for handle in handles:
@@ -237,14 +258,40 @@ def _prune_block(
         )
     masks = {role: block_masks[role].detach().to("cpu", torch.bool) for role in linears}
     return _BlockOutcome(masks, records, err_num / err_den if err_den > 0 else 0.0,
-                         err_num / update_den if update_den > 0 else 0.0, ctx.block_info)
+                         err_num / update_den if update_den > 0 else 0.0, ctx.block_info,
+                         (far_num / far_den if far_den > 0 else 0.0) if dense_stream is not None else None)
 
 
-def _dense_block(index, block, layout, inputs, outputs, kwargs, device, offload) -> _BlockOutcome:
+def _advance_dense_stream(
+    index, block, linears, layout, method, inputs, dense_stream, forward, device, offload
+) -> PairedInputs | None:
+    """Run the dense block on the dense trajectory, in place. When the method updates weights
+    and the streams differ, pair each layer's inputs on both streams on the way."""
+    if dense_stream is None:
+        return None
+    paired = None
+    if method.updates_weights and not torch.equal(inputs, dense_stream):
+        paired = PairedInputs(linears, layout)
+    with torch.no_grad():
+        for s in range(inputs.shape[0]):
+            if paired is not None:
+                with paired.recording_pruned():
+                    forward(inputs[s : s + 1].to(device))
+                with paired.pairing_dense():
+                    dense_stream[s] = forward(dense_stream[s : s + 1].to(device))[0].to(offload)
+            else:
+                dense_stream[s] = forward(dense_stream[s : s + 1].to(device))[0].to(offload)
+    check_finite(dense_stream, "dense-trajectory activations", index)
+    return paired
+
+
+def _dense_block(index, block, layout, inputs, outputs, kwargs, device, offload, dense_stream=None) -> _BlockOutcome:
     """Keep a block dense (after a NaN with --on-nan skip): outputs are the dense outputs."""
     with torch.no_grad():
         for s in range(inputs.shape[0]):
             outputs[s] = block_output(block(inputs[s : s + 1].to(device), **kwargs))[0].to(offload)
+            if dense_stream is not None:
+                dense_stream[s] = block_output(block(dense_stream[s : s + 1].to(device), **kwargs))[0].to(offload)
     linears = block_linears(block, layout)
     records = [
         LayerRecord(index, role, f"{layout.layers}.{index}.{layout.components[role]}.weight",
@@ -271,6 +318,12 @@ def run_layerwise(
     """Prune every block of ``model`` in turn. ``activation_dir``: keep the calibration
     activations in memory-mapped files there instead of RAM."""
     offload = torch.device("cpu") if offload_activations or activation_dir is not None else device
+    settings = method.config
+    if settings.fit_target == "dense" and settings.reconstruct.steps == 0 and not method.updates_weights:
+        raise HyperpruneError(
+            f"--target dense changes nothing for method '{method.name}', which keeps the dense weights; "
+            "add --reconstruct-steps N, or use a method that updates weights (sparsegpt, hyperprune+refit)"
+        )
     if activation_dir is not None:
         activation_dir.mkdir(parents=True, exist_ok=True)
     store = store or ModelBlocks(model, layout)
@@ -293,6 +346,7 @@ def run_layerwise(
         layer_records = [LayerRecord(**r) for r in resume.layers]
         block_records = [BlockRecord(**r) for r in resume.blocks]
         skipped = list(resume.skipped)
+        dense_stream = _resumed_dense_stream(resume, settings, offload, activation_dir)
         method.load_state_dict(resume.method_state)
         start_block = resume.next_block
         for index in range(start_block):
@@ -300,6 +354,10 @@ def run_layerwise(
         log.info("resuming at block %d of %d", start_block, num_blocks)
     else:
         inputs = captured.hidden
+        dense_stream = None
+        if settings.fit_target == "dense":  # both streams start from the same embeddings
+            dense_stream = activation_buffer(tuple(inputs.shape), inputs.dtype, offload, activation_dir, "dense")
+            dense_stream.copy_(inputs)
     outputs = activation_buffer(tuple(inputs.shape), inputs.dtype, offload, activation_dir, "outputs")
 
     masks: dict[str, torch.Tensor] = {}
@@ -309,16 +367,17 @@ def run_layerwise(
         start = time.perf_counter()
         block = store.load(index).to(device)
         try:
-            outcome = _prune_block(index, num_blocks, block, layout, method, inputs, outputs, kwargs, device, offload)
+            outcome = _prune_block(index, num_blocks, block, layout, method, inputs, outputs, kwargs, device, offload,
+                                   dense_stream)
         except NonFiniteError as exc:
             if on_nan != "skip":
                 raise
             log.warning("block %d kept dense: %s", index, str(exc).split(";")[0])
             skipped.append({"block": index, "reason": str(exc).split(";")[0]})
-            outcome = _dense_block(index, block, layout, inputs, outputs, kwargs, device, offload)
+            outcome = _dense_block(index, block, layout, inputs, outputs, kwargs, device, offload, dense_stream)
         layer_records.extend(outcome.layers)
         block_records.append(BlockRecord(index, outcome.rel_error, time.perf_counter() - start,
-                                         outcome.rel_update_error, outcome.info))
+                                         outcome.rel_update_error, outcome.info, outcome.rel_dense_error))
         named_masks = {f"{layout.layers}.{index}.{layout.components[role]}.weight": m for role, m in outcome.masks.items()}
         inputs, outputs = outputs, inputs
         if checkpoint is not None:
@@ -326,6 +385,7 @@ def run_layerwise(
             checkpoint.save_block(
                 index, store.block_state(index, block), named_masks, inputs, method.state_dict(),
                 [asdict(r) for r in layer_records], [asdict(b) for b in block_records], skipped,
+                dense_stream=dense_stream,
             )
             _fault_point(index, "after_checkpoint")
         else:
@@ -333,3 +393,13 @@ def run_layerwise(
         store.release(index, block)
         bar.set_postfix(err=f"{outcome.rel_error:.4f}")
     return LayerwiseResult(masks, layer_records, block_records, inputs, skipped, start_block)
+
+
+def _resumed_dense_stream(resume, settings, offload, activation_dir) -> torch.Tensor | None:
+    if settings.fit_target != "dense":
+        return None
+    if resume.dense_stream is None:
+        raise HyperpruneError("the checkpoint holds no dense trajectory for --target dense; pass --overwrite to start over")
+    stream = activation_buffer(tuple(resume.dense_stream.shape), resume.dense_stream.dtype, offload, activation_dir, "dense")
+    stream.copy_(resume.dense_stream)
+    return stream

@@ -61,3 +61,25 @@ class InputStatistics:
 
 def _add(total: torch.Tensor | None, value: torch.Tensor) -> torch.Tensor:
     return value if total is None else total.add_(value)
+
+
+@dataclass
+class CrossStatistics:
+    """Σ x_dense x_prunedᵀ over paired tokens: the same position run through the dense model
+    and through the pruned one, as it reaches one linear layer (``--target dense``)."""
+
+    in_features: int
+    n_tokens: int = 0
+    xdxp: torch.Tensor | None = field(default=None, repr=False)
+
+    def add(self, dense: torch.Tensor, pruned: torch.Tensor) -> None:
+        dense = dense.detach().reshape(-1, self.in_features).float()
+        pruned = pruned.detach().reshape(-1, self.in_features).float()
+        self.n_tokens += dense.shape[0]
+        self.xdxp = _add(self.xdxp, dense.T @ pruned)
+
+    def cross(self) -> torch.Tensor:
+        """C = 2 X_dense X_prunedᵀ / n, on the scale of :meth:`InputStatistics.hessian`."""
+        if self.xdxp is None:
+            raise RuntimeError("no paired inputs were accumulated for this layer")
+        return self.xdxp * (2.0 / self.n_tokens)

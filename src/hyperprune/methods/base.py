@@ -50,6 +50,11 @@ class PruningMethod(ABC):
     def __init__(self, config: PruneConfig) -> None:
         self.config = config
 
+    @property
+    def updates_weights(self) -> bool:
+        """Whether the method changes kept weights (then ``--target dense`` changes the weights it aims at)."""
+        return False
+
     def prune_block(self, ctx: BlockContext) -> dict[str, torch.Tensor]:
         """Prune the block's linears in place; return their keep-masks by role."""
         masks = {}

@@ -15,16 +15,9 @@ from __future__ import annotations
 
 import torch
 
+from hyperprune.engine.least_squares import damped_hessian
+
 _SOLVE_BYTES = 1 << 28  # H_SS systems gathered at a time
-
-
-def damped_hessian(hessian: torch.Tensor, damp_fraction: float) -> torch.Tensor:
-    """H + λI with λ = damp_fraction · mean(diag H); inputs never seen (diag 0) are pinned to 1."""
-    H = hessian.detach().float().clone()
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1.0
-    H.diagonal().add_(damp_fraction * torch.diag(H).mean())
-    return H
 
 
 def lstsq_refit(weight: torch.Tensor, hessian: torch.Tensor, keep: torch.Tensor, damp_fraction: float) -> torch.Tensor:

@@ -168,6 +168,7 @@ class SparseGPT(PruningMethod):
 
     statistics = StatisticsKind.HESSIAN
     refit = None  # None: from the options
+    updates_weights = True
 
     def prune_linear(self, linear, stats, target, where) -> torch.Tensor:
         options = self.config.sparsegpt

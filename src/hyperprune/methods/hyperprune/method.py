@@ -49,6 +49,10 @@ class HyperPrune(PruningMethod):
         self.cache_components = torch.zeros(0, dtype=torch.long)
         self.cache_targets = torch.zeros(0)
 
+    @property
+    def updates_weights(self) -> bool:
+        return self.options.refit
+
     # ---------------------------------------------------------------- state
     def _build_network(self, in_features: int, num_patterns: int, num_layers: int) -> HyperNetwork:
         generator = torch.Generator().manual_seed(self.config.seed)

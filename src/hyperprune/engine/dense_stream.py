@@ -1,0 +1,64 @@
+"""The dense trajectory, for ``--target dense``.
+
+By default block ℓ is fitted to the dense block's output on the *pruned* model's inputs, so
+the error of earlier blocks is carried along, never corrected. With ``--target dense`` the
+engine keeps a second activation stream, the dense model's own hidden states, and fits each
+block to the dense model's output at that depth: the weight-updating methods prune and refit
+W̃ (:func:`~hyperprune.engine.least_squares.dense_target_weight`), and block reconstruction trains
+toward the dense stream.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from hyperprune.engine.statistics import CrossStatistics, InputStatistics
+from hyperprune.engine.least_squares import dense_target_weight
+from hyperprune.models.architectures import BlockLayout
+
+
+class PairedInputs:
+    """Pairs, sample by sample, what each input group of a block sees on the pruned stream
+    with what it sees on the dense stream, accumulating Σ x_dense x_prunedᵀ."""
+
+    def __init__(self, linears: dict[str, nn.Linear], layout: BlockLayout) -> None:
+        self.heads = {group[0]: linears[group[0]] for group in layout.input_groups}
+        self.members = {role: group[0] for group in layout.input_groups for role in group}
+        self.cross = {head: CrossStatistics(linear.in_features) for head, linear in self.heads.items()}
+        self._pruned: dict[str, torch.Tensor] = {}
+
+    @contextmanager
+    def _hooked(self, hook) -> Iterator[None]:
+        handles = [linear.register_forward_hook(lambda mod, args, out, h=head: hook(h, args[0]))
+                   for head, linear in self.heads.items()]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def recording_pruned(self):
+        """Inside: a forward on the pruned stream records each group's input."""
+        return self._hooked(lambda head, x: self._pruned.__setitem__(head, x.detach()))
+
+    def pairing_dense(self):
+        """Inside: a forward on the dense stream pairs each group's input with the recorded one."""
+        return self._hooked(lambda head, x: self.cross[head].add(x, self._pruned.pop(head)))
+
+    def for_role(self, role: str) -> CrossStatistics:
+        return self.cross[self.members[role]]
+
+
+def apply_dense_target(
+    linears: dict[str, nn.Linear], statistics: dict[str, InputStatistics], paired: PairedInputs, damp_fraction: float
+) -> None:
+    """Replace every linear's weights by W̃, the target that folds in the dense trajectory."""
+    with torch.no_grad():
+        for role, linear in linears.items():
+            target = dense_target_weight(linear.weight, statistics[role].hessian(), paired.for_role(role).cross(),
+                                         damp_fraction)
+            linear.weight.copy_(target.to(linear.weight.dtype))
