@@ -187,3 +187,47 @@ def test_sigkill_during_reconstruction_then_resume_is_bit_identical(tmp_path, mo
     assert killed.returncode == -9, killed.stderr[-500:]
     assert main([*prune_args(model_dir, calib_file, out), *extra, "--resume"]) == 0
     assert_bit_identical(reference, out)
+
+
+def _distill_args(pruned, out, teacher, *extra):
+    return ["distill", str(pruned), "--output", str(out), "--teacher", str(teacher), "--steps", "12", "--lr", "2e-3",
+            "--nsamples", "6", "--holdout", "2", "--seqlen", "32", "--eval-every", "3", "--patience", "10", "--quiet",
+            *extra]
+
+
+def test_distill_keeps_the_masks_and_lowers_the_kl(tmp_path, tiny_model_dir, calib_file):
+    import json
+
+    from hyperprune.engine.distill import logit_kl
+    from hyperprune.export import verify_checkpoint
+    from hyperprune.export.checkpoint import load_masks
+    from hyperprune.models import load_model
+
+    pruned = tmp_path / "pruned"
+    assert main(["prune", "--model", str(tiny_model_dir), "--method", "magnitude", "--calib", str(calib_file),
+                 "--nsamples", "4", "--seqlen", "32", "--output", str(pruned), "--quiet"]) == 0
+    out = tmp_path / "distilled"
+    assert main([*_distill_args(pruned, out, tiny_model_dir, "--calib", str(calib_file)), "--json", str(tmp_path / "d.json")]) == 0
+    assert verify_checkpoint(out).ok
+    masks = load_masks(out / "masks.safetensors")
+    assert all(torch.equal(masks[k], v) for k, v in load_masks(pruned / "masks.safetensors").items())
+    report = json.loads((out / "report.json").read_text())["distill"]
+    assert report["holdout_best"] < report["holdout_before"] and report["best_step"] > 0
+    # The KL on other windows of the text, measured here, from the written files.
+    from hyperprune.data import calibration_windows, load_text_source
+
+    teacher, before, after = (load_model(str(p)).model for p in (tiny_model_dir, pruned, out))
+    ids = calibration_windows(load_model(str(out)).tokenizer, load_text_source(str(calib_file)), 4, 32, seed=99)
+    with torch.no_grad():
+        kl = [float(logit_kl(m(input_ids=ids).logits, teacher(input_ids=ids).logits)) for m in (before, after)]
+    assert kl[1] < kl[0]
+    # Only pruned matrices changed.
+    b, a = before.state_dict(), after.state_dict()
+    assert all(torch.equal(b[k], a[k]) for k in b if k not in masks)
+
+
+def test_distill_refuses_a_directory_that_is_not_a_pruned_output(tmp_path, tiny_model_dir, capsys):
+    assert main(_distill_args(tiny_model_dir, tmp_path / "out", tiny_model_dir)) == 2
+    err = capsys.readouterr().err.strip()
+    assert "report.json" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()

@@ -33,21 +33,11 @@ from hyperprune.models import LoadedModel, context_length, decoder_blocks, load_
 from hyperprune.models.architectures import torch_dtype
 from hyperprune.models.loading import can_stream, load_skeleton, resolve_model
 from hyperprune.models.shards import ShardReader
+from hyperprune.recover import distill  # noqa: F401  (hyperprune distill)
 from hyperprune.report import environment, library_versions
+from hyperprune.utils import resolve_device
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(name: str | None) -> torch.device:
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise HyperpruneError(f"unknown device '{name}'; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise HyperpruneError(f"device '{name}' requested but CUDA is not available; use --device cpu")
-    return device
 
 
 def resolve_seqlen(requested: int | None, model_config) -> int:

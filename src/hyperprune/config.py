@@ -209,6 +209,32 @@ class ReconstructOptions(BaseModel):
     patience: int = Field(3, ge=1, description="stop after this many evaluations without a held-out improvement")
 
 
+class DistillOptions(BaseModel):
+    """Masked end-to-end distillation of a pruned model (``hyperprune distill``): the student's
+    kept linear weights train, masks fixed, on KL to the dense teacher's next-token distribution."""
+
+    model_config = ConfigDict(frozen=True)
+
+    steps: int = Field(50, gt=0, description="optimizer steps")
+    lr: float = Field(2e-5, gt=0, description="Adam learning rate of the kept weights")
+    batch_size: int = Field(2, gt=0, description="windows per step")
+    seqlen: int | None = Field(None, gt=0, description="tokens per window; None: the pruning run's")
+    nsamples: int = Field(64, gt=1, description="distillation windows, including the held-out ones")
+    holdout: int = Field(4, ge=1, description="windows held out for early stopping")
+    eval_every: int = Field(10, gt=0, description="steps between held-out checks")
+    patience: int = Field(3, ge=1, description="held-out checks without improvement before stopping")
+    hidden_weight: float = Field(0.0, ge=0, description="weight of the final hidden-state MSE added to the KL")
+    calib: str | None = Field(None, description="text source; None: the pruning run's calibration text")
+    seed: int = DEFAULT_SEED
+    gradient_checkpointing: bool = True
+
+    @model_validator(mode="after")
+    def _holdout_leaves_training(self) -> DistillOptions:
+        if self.holdout >= self.nsamples:
+            raise ValueError(f"--holdout {self.holdout} leaves no training windows of --nsamples {self.nsamples}")
+        return self
+
+
 class PruneConfig(BaseModel):
     """Everything that determines a pruning run. Recorded in full in every report."""
 

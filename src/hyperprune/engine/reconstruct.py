@@ -20,6 +20,7 @@ from torch import nn
 
 from hyperprune.config import ReconstructOptions
 from hyperprune.engine.checkpoint import _fault_point
+from hyperprune.engine.masked_training import EarlyStopping, MaskedWeights
 
 
 @dataclass
@@ -77,17 +78,8 @@ def reconstruct_block(
     train_windows = nsamples - options.holdout
     held_out = range(train_windows, nsamples)
     dtype = next(block.parameters()).dtype
-    requires = {name: p.requires_grad for name, p in block.named_parameters()}
     if dtype != torch.float32:
         block.float()
-    block.requires_grad_(False)
-    weights = []
-    keep = {}
-    for role, linear in linears.items():
-        keep[role] = masks[role].to(linear.weight.device, torch.float32)
-        linear.weight.requires_grad_(True)
-        weights.append(linear.weight)
-    hooks = [linears[role].weight.register_hook(lambda grad, k=keep[role]: grad * k) for role in linears]
 
     def sample(buffer: torch.Tensor, s: int) -> torch.Tensor:
         return buffer[s : s + 1].to(device, torch.float32)
@@ -96,49 +88,30 @@ def reconstruct_block(
         with torch.no_grad():
             return sum(float(output_mse(forward(sample(inputs, s)), sample(targets, s))) for s in held_out) / len(held_out)
 
-    def snapshot() -> dict[str, torch.Tensor]:
-        return {role: linear.weight.detach().clone() for role, linear in linears.items()}
-
     try:
-        generator = torch.Generator().manual_seed(seed)
-        batches = window_order(train_windows, options.steps, options.batch_size, generator)
-        optimizer = torch.optim.Adam(weights, lr=options.lr)
-        best = before = held_out_error()
-        history = [(0, before)]
-        best_weights, best_step, steps_run, stale = snapshot(), 0, 0, 0
-        train_before = float("nan")
-        for step, batch in enumerate(batches, start=1):
-            optimizer.zero_grad(set_to_none=True)
-            batch_loss = 0.0
-            for s in batch:  # one window at a time: the captured kwargs are shaped for batch 1
-                loss = output_mse(forward(sample(inputs, s)), sample(targets, s)) / len(batch)
-                loss.backward()
-                batch_loss += float(loss.detach())
-            if step == 1:
-                train_before = batch_loss
-            optimizer.step()
-            with torch.no_grad():  # Adam leaves masked entries at zero; this makes it exact
-                for role, linear in linears.items():
-                    linear.weight.mul_(keep[role])
-            steps_run = step
-            _fault_point(index, "reconstruct")
-            if step % options.eval_every == 0 or step == len(batches):
-                error = held_out_error()
-                history.append((step, error))
-                if error < best:
-                    best, best_weights, best_step, stale = error, snapshot(), step, 0
-                else:
-                    stale += 1
-                    if stale >= options.patience:
-                        break
-        with torch.no_grad():
-            for role, linear in linears.items():
-                linear.weight.copy_(best_weights[role])
+        with MaskedWeights(block, {role: (linear.weight, masks[role]) for role, linear in linears.items()}) as weights:
+            batches = window_order(train_windows, options.steps, options.batch_size, torch.Generator().manual_seed(seed))
+            optimizer = torch.optim.Adam(weights.parameters(), lr=options.lr)
+            stopper = EarlyStopping(weights, options.patience, held_out_error())
+            steps_run, train_before = 0, float("nan")
+            for step, batch in enumerate(batches, start=1):
+                optimizer.zero_grad(set_to_none=True)
+                batch_loss = 0.0
+                for s in batch:  # one window at a time: the captured kwargs are shaped for batch 1
+                    loss = output_mse(forward(sample(inputs, s)), sample(targets, s)) / len(batch)
+                    loss.backward()
+                    batch_loss += float(loss.detach())
+                if step == 1:
+                    train_before = batch_loss
+                optimizer.step()
+                weights.reapply()
+                steps_run = step
+                _fault_point(index, "reconstruct")
+                if (step % options.eval_every == 0 or step == len(batches)) and stopper.check(step, held_out_error()):
+                    break
+            stopper.keep_best()
     finally:
-        for hook in hooks:
-            hook.remove()
-        for name, param in block.named_parameters():
-            param.requires_grad_(requires[name])
         if dtype != torch.float32:
             block.to(dtype)
-    return ReconstructReport(steps_run, best_step, before, best, train_before, time.perf_counter() - start, history)
+    return ReconstructReport(steps_run, stopper.best_step, stopper.start_error, stopper.best, train_before,
+                             time.perf_counter() - start, stopper.history)
