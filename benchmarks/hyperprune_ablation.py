@@ -9,12 +9,9 @@ every variant shares the model load, calibration windows and evaluation windows.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from hyperprune.api import compare, write_json
-from hyperprune.cli import _add_eval, _add_model, _add_pruning, _config, _print_table
-from hyperprune.config import DEFAULT_EVAL
+from variants import base_config, chosen, run_variants, variant_parser
 
 # label -> what that variant changes (HyperPruneOptions fields), from today's defaults.
 ABLATIONS = {
@@ -31,32 +28,16 @@ ABLATIONS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    _add_model(parser)
-    _add_pruning(parser)
-    _add_eval(parser, DEFAULT_EVAL)
+    parser = variant_parser(__doc__.splitlines()[0])
     parser.add_argument("--with-baselines", default="sparsegpt", help="comma-separated methods run alongside")
-    parser.add_argument("--only", default=None, help="comma-separated variant numbers (0 = all parts) to run")
-    parser.add_argument("--json", default=None, help="results, rewritten after each variant")
     args = parser.parse_args(argv)
-    base = _config(args, "hyperprune")
+    base = base_config(args, "hyperprune")
     runs: list = [name for name in args.with_baselines.split(",") if name]
-    chosen = {int(i) for i in args.only.split(",")} if args.only else set(range(len(ABLATIONS)))
+    wanted = chosen(args, len(ABLATIONS))
     for number, (label, switch) in enumerate(ABLATIONS.items()):
-        if number not in chosen:
-            continue
-        options = base.hyperprune.model_copy(update=switch)
-        runs.append((label, base.model_copy(update={"hyperprune": options})))
-    sources = [s.strip() for s in args.eval.split(",") if s.strip()]
-    save = (lambda partial: write_json(args.json, partial)) if args.json else None
-    result = compare(runs, base, eval_source=sources, eval_windows=args.eval_windows, progress=not args.quiet,
-                     on_method_done=save)
-    headers = ["variant", *[f"PPL {s}" for s in sources], "block err", "prune s"]
-    rows = []
-    for label, entry in result["methods"].items():
-        rows.append([label, *[f"{entry['ppl_by_eval'][s]:.2f}" for s in sources],
-                     f"{entry.get('mean_block_rel_update_error', 0):.4f}", f"{entry['prune_seconds']:.1f}"])
-    _print_table(headers, rows)
+        if number in wanted:
+            runs.append((label, base.model_copy(update={"hyperprune": base.hyperprune.model_copy(update=switch)})))
+    run_variants(args, runs)
     return 0
 
 

@@ -175,11 +175,18 @@ def run_report(run: PruneRun) -> dict[str, Any]:
         "peak_cuda_bytes": run.peak_cuda_bytes,
         "mean_block_rel_output_error": sum(b.rel_output_error for b in run.result.blocks) / max(1, len(run.result.blocks)),
         "mean_block_rel_update_error": sum(b.rel_update_error for b in run.result.blocks) / max(1, len(run.result.blocks)),
+        # Error carried to each depth, against the dense model's own hidden state (--target dense only).
+        "mean_block_rel_dense_error": _mean_or_none([b.rel_dense_error for b in run.result.blocks]),
+        "reconstruct_seconds": sum(b.info.get("reconstruct", {}).get("seconds", 0.0) for b in run.result.blocks),
         "skipped_blocks": run.result.skipped,
         "resumed_from_block": run.result.resumed_from,
         "blocks": [asdict(b) for b in run.result.blocks],
         "layers": [asdict(r) for r in run.result.layers],
     }
+
+
+def _mean_or_none(values: list[float | None]) -> float | None:
+    return None if not values or any(v is None for v in values) else sum(values) / len(values)
 
 
 def _prepare_partial(output: str | Path, overwrite: bool, resume: bool) -> Path:
@@ -405,8 +412,10 @@ def compare(
                 "nm_valid": run.nm_valid(),
                 "mean_block_rel_output_error": report["mean_block_rel_output_error"],
                 "mean_block_rel_update_error": report["mean_block_rel_update_error"],
-                "blocks": [{"block": b["block"], "rel_output_error": b["rel_output_error"], "rel_update_error": b["rel_update_error"]}
-                           for b in report["blocks"]],
+                "mean_block_rel_dense_error": report["mean_block_rel_dense_error"],
+                "reconstruct_seconds": report["reconstruct_seconds"],
+                "blocks": [{"block": b["block"], "rel_output_error": b["rel_output_error"], "rel_update_error": b["rel_update_error"],
+                            "rel_dense_error": b["rel_dense_error"]} for b in report["blocks"]],
             }
             if run_config != config.model_copy(update={"method": run_config.method}):
                 entry["config"] = json.loads(run_config.model_dump_json())
