@@ -256,3 +256,17 @@ def test_recovery_benchmark_runs_its_rows(tmp_path, tiny_model_dir, calib_file):
     assert rows["sparsegpt"]["reconstruct_seconds"] == 0 and rows["sparsegpt +reconstruct"]["reconstruct_seconds"] > 0
     assert rows["sparsegpt"]["mean_block_rel_dense_error"] is None
     assert rows["sparsegpt +reconstruct --target dense"]["mean_block_rel_dense_error"] > 0
+
+
+def test_compare_refuses_a_pointless_dense_target_before_pruning(tiny_model_dir, calib_file, capsys, monkeypatch):
+    import hyperprune.api as api
+
+    def never(*args, **kwargs):
+        raise AssertionError("a method ran before the settings were checked")
+
+    monkeypatch.setattr(api, "run_method", never)
+    args = ["compare", "--model", str(tiny_model_dir), "--methods", "sparsegpt,wanda", "--target", "dense",
+            "--calib", str(calib_file), "--nsamples", "4", "--seqlen", "16", "--eval", str(calib_file), "--quiet"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "'wanda'" in err and "--reconstruct-steps" in err and len(err.splitlines()) == 1

@@ -21,6 +21,7 @@ from hyperprune.data import BOS_PER_WINDOW, calibration_windows, evaluation_wind
 from hyperprune.engine import LayerwiseResult, PeakMemory, run_layerwise
 from hyperprune.engine.blocks import BlockStore, StreamedBlocks
 from hyperprune.engine.checkpoint import RunCheckpoint, partial_dir_for
+from hyperprune.engine.dense_stream import check_dense_target
 from hyperprune.engine.memory import current_rss_bytes, return_freed_memory_to_os
 from hyperprune.errors import HyperpruneError
 from hyperprune.eval import evaluate_perplexity
@@ -362,9 +363,9 @@ def compare(
         raise HyperpruneError("--eval is empty; give one or more comma-separated sources")
     if not methods:
         raise HyperpruneError("--methods is empty; give a comma-separated list such as dense,wanda,sparsegpt")
-    for _, run_config in runs:
+    for _, run_config in runs:  # bad settings fail before any pruning
         if run_config.method != "dense":
-            get_method(run_config.method)
+            check_dense_target(get_method(run_config.method)(run_config))
     specs = resolve_tasks(zeroshot) if zeroshot is not None else None  # bad tasks fail before any pruning
     device = resolve_device(config.device)
     loaded, seqlen = load_for(config, trust_remote_code)

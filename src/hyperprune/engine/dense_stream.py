@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from hyperprune.engine.statistics import CrossStatistics, InputStatistics
+from hyperprune.errors import HyperpruneError
 from hyperprune.engine.least_squares import dense_target_weight
 from hyperprune.models.architectures import BlockLayout
 
@@ -62,3 +63,13 @@ def apply_dense_target(
             target = dense_target_weight(linear.weight, statistics[role].hessian(), paired.for_role(role).cross(),
                                          damp_fraction)
             linear.weight.copy_(target.to(linear.weight.dtype))
+
+
+def check_dense_target(method) -> None:
+    """``--target dense`` must have something to act on: a weight update or a reconstruction."""
+    settings = method.config
+    if settings.fit_target == "dense" and settings.reconstruct.steps == 0 and not method.updates_weights:
+        raise HyperpruneError(
+            f"--target dense changes nothing for method '{method.name}', which keeps the dense weights; "
+            "add --reconstruct-steps N, or use a method that updates weights (sparsegpt, hyperprune+refit)"
+        )

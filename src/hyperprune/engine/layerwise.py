@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from hyperprune.engine.blocks import BlockStore, ModelBlocks
 from hyperprune.engine.capture import activation_buffer, capture_block_inputs, to_device
 from hyperprune.engine.checkpoint import RunCheckpoint, _fault_point
-from hyperprune.engine.dense_stream import PairedInputs, apply_dense_target
+from hyperprune.engine.dense_stream import PairedInputs, apply_dense_target, check_dense_target
 from hyperprune.engine.reconstruct import reconstruct_block
 from hyperprune.engine.statistics import InputStatistics, StatisticsKind
 from hyperprune.errors import HyperpruneError
@@ -319,11 +319,7 @@ def run_layerwise(
     activations in memory-mapped files there instead of RAM."""
     offload = torch.device("cpu") if offload_activations or activation_dir is not None else device
     settings = method.config
-    if settings.fit_target == "dense" and settings.reconstruct.steps == 0 and not method.updates_weights:
-        raise HyperpruneError(
-            f"--target dense changes nothing for method '{method.name}', which keeps the dense weights; "
-            "add --reconstruct-steps N, or use a method that updates weights (sparsegpt, hyperprune+refit)"
-        )
+    check_dense_target(method)
     if activation_dir is not None:
         activation_dir.mkdir(parents=True, exist_ok=True)
     store = store or ModelBlocks(model, layout)
