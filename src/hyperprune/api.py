@@ -108,8 +108,12 @@ def run_method(
     if config.target.pattern is None and not method.supports_unstructured:
         raise HyperpruneError(f"method '{config.method}' supports n:m patterns only; use --pattern instead of --sparsity")
     device = resolve_device(config.device)
+    if method.needs_whole_model and isinstance(store, StreamedBlocks):
+        raise HyperpruneError(f"method '{config.method}' needs a pass over the whole model first and cannot stream; pass --no-stream")
     start = time.perf_counter()
     with PeakMemory() as memory, _activation_dir(config, checkpoint) as activation_dir:
+        if method.needs_whole_model:
+            method.prepare(loaded.model, loaded.layout, calib_ids, device, progress)
         result = run_layerwise(
             loaded.model, loaded.layout, method, calib_ids, device, config.offload_activations, progress,
             store=store, checkpoint=checkpoint, on_nan=config.on_nan, activation_dir=activation_dir,

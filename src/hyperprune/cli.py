@@ -18,6 +18,7 @@ from hyperprune.config import (
     DEFAULT_SEED,
     PruneConfig,
     ReconstructOptions,
+    RIAOptions,
     SparseGPTOptions,
     SparsityTarget,
     ZeroShotOptions,
@@ -49,6 +50,7 @@ def _add_pruning(p: argparse.ArgumentParser) -> None:
                    help="SparseGPT's weight update: its sequential OBS update, or its mask then the exact least-squares refit (default: obs)")
     p.add_argument("--sparsegpt-lstsq-damp", type=float, default=SparseGPTOptions().lstsq_damp,
                    help=f"λ of SparseGPT's lstsq refit, fraction of mean diag H (default: {SparseGPTOptions().lstsq_damp})")
+    p.add_argument("--ria-power", type=float, default=RIAOptions().power, help="RIA: a in ‖X_j‖^a (default: 0.5)")
     p.add_argument("--no-offload", action="store_true", help="keep calibration activations on the compute device")
     p.add_argument("--offload-to-disk", action="store_true", help="keep calibration activations in memory-mapped files (when they don't fit in RAM)")
     p.add_argument("--on-nan", default="error", choices=["error", "skip"], help="on NaN/Inf: stop (default) or keep that block dense")
@@ -257,6 +259,7 @@ def _config(args: argparse.Namespace, method: str) -> PruneConfig:
             sparsegpt=SparseGPTOptions(percdamp=args.percdamp, blocksize=args.blocksize, refit=args.sparsegpt_refit,
                                        lstsq_damp=args.sparsegpt_lstsq_damp),
             hyperprune=_hyperprune_options(args),
+            ria=RIAOptions(power=args.ria_power),
             fit_target=args.fit_target,
             target_damp=args.target_damp,
             reconstruct=_reconstruct_options(args),

@@ -114,6 +114,12 @@ class SparseGPTOptions(BaseModel):
     lstsq_damp: float = Field(DEFAULT_LSTSQ_DAMP, gt=0, description="λ of the lstsq refit, fraction of mean(diag H)")
 
 
+class RIAOptions(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    power: float = Field(0.5, gt=0, description="a in ‖X_j‖^a (RIA's default 0.5)")
+
+
 HYPERNET_FEATURES = ("weight", "wanda", "saliency", "hdiag", "hinv", "coupling", "delta", "hblock")
 
 
@@ -257,6 +263,7 @@ class PruneConfig(BaseModel):
     on_nan: Literal["error", "skip"] = Field("error", description="on NaN/Inf: stop, or keep that block dense")
     sparsegpt: SparseGPTOptions = Field(default_factory=SparseGPTOptions)
     hyperprune: HyperPruneOptions = Field(default_factory=HyperPruneOptions)
+    ria: RIAOptions = Field(default_factory=RIAOptions)
     fit_target: Literal["pruned", "dense"] = Field(
         "pruned",
         description="what a block is fitted to (--target): pruned: the dense block's output on the pruned model's "

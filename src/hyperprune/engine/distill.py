@@ -17,7 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from hyperprune.config import DistillOptions
-from hyperprune.engine.masked_training import EarlyStopping, MaskedWeights
+from hyperprune.engine.masked_training import EarlyStopping, MaskedWeights, activation_checkpointing
 from hyperprune.engine.reconstruct import window_order
 from hyperprune.errors import HyperpruneError
 
@@ -85,48 +85,35 @@ def distill_masked(
             return sum(float(loss_on(held_out_ids[i : i + 1])) for i in range(held_out_ids.shape[0])) / held_out_ids.shape[0]
 
     start = time.perf_counter()
-    checkpointing = options.gradient_checkpointing and getattr(student, "supports_gradient_checkpointing", False)
-    if checkpointing:
-        # Non-reentrant: the frozen embeddings give inputs that do not require grad.
-        # transformers 5.24 renamed gradient_checkpointing_enable (and its kwargs argument).
-        if hasattr(student, "activation_checkpointing_enable"):
-            student.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    student.train()  # transformers checkpoints only in training mode; these models have no dropout here
-    try:
-        with MaskedWeights(student, {name: (params[name], keep) for name, keep in masks.items()}) as weights:
-            optimizer = torch.optim.Adam(weights.parameters(), lr=options.lr)
-            stopper = EarlyStopping(weights, options.patience, held_out_loss())
-            batches = window_order(train_ids.shape[0], options.steps, options.batch_size,
-                                   torch.Generator().manual_seed(options.seed))
-            bar = tqdm(batches, desc="Distilling", unit="step", disable=not progress)
-            steps_run, train_seconds = 0, 0.0
-            for step, batch in enumerate(bar, start=1):
-                step_start = time.perf_counter()
-                optimizer.zero_grad(set_to_none=True)
-                batch_loss = 0.0
-                for i in batch:
-                    loss = loss_on(train_ids[i : i + 1]) / len(batch)
-                    loss.backward()
-                    batch_loss += float(loss.detach())
-                optimizer.step()
-                weights.reapply()
-                steps_run, train_seconds = step, train_seconds + time.perf_counter() - step_start
-                postfix = {"loss": f"{batch_loss:.4f}", "held-out": f"{stopper.best:.4f}"}
-                if step % options.eval_every == 0 or step == len(batches):
-                    stop = stopper.check(step, held_out_loss())
-                    postfix["held-out"] = f"{stopper.history[-1][1]:.4f}"
-                    bar.set_postfix(postfix)
-                    if stop:
-                        break
-                else:
-                    bar.set_postfix(postfix)
-            stopper.keep_best()
-    finally:
-        student.eval()
-        if checkpointing:
-            (getattr(student, "activation_checkpointing_disable", None) or student.gradient_checkpointing_disable)()
+    masked = {name: (params[name], keep) for name, keep in masks.items()}
+    with activation_checkpointing(student, options.gradient_checkpointing), MaskedWeights(student, masked) as weights:
+        optimizer = torch.optim.Adam(weights.parameters(), lr=options.lr)
+        stopper = EarlyStopping(weights, options.patience, held_out_loss())
+        batches = window_order(train_ids.shape[0], options.steps, options.batch_size,
+                               torch.Generator().manual_seed(options.seed))
+        bar = tqdm(batches, desc="Distilling", unit="step", disable=not progress)
+        steps_run, train_seconds = 0, 0.0
+        for step, batch in enumerate(bar, start=1):
+            step_start = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            batch_loss = 0.0
+            for i in batch:
+                loss = loss_on(train_ids[i : i + 1]) / len(batch)
+                loss.backward()
+                batch_loss += float(loss.detach())
+            optimizer.step()
+            weights.reapply()
+            steps_run, train_seconds = step, train_seconds + time.perf_counter() - step_start
+            postfix = {"loss": f"{batch_loss:.4f}", "held-out": f"{stopper.best:.4f}"}
+            if step % options.eval_every == 0 or step == len(batches):
+                stop = stopper.check(step, held_out_loss())
+                postfix["held-out"] = f"{stopper.history[-1][1]:.4f}"
+                bar.set_postfix(postfix)
+                if stop:
+                    break
+            else:
+                bar.set_postfix(postfix)
+        stopper.keep_best()
     seconds = time.perf_counter() - start
     return DistillReport(steps_run, stopper.best_step, stopper.start_error, stopper.best, seconds,
                          train_seconds / max(1, steps_run), len(masks), stopper.history)

@@ -8,7 +8,9 @@ all the same, so a pruned weight is exactly zero whatever the optimizer does.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -85,3 +87,23 @@ class EarlyStopping:
 
     def keep_best(self) -> None:
         self.weights.restore(self._best_weights)
+
+
+@contextmanager
+def activation_checkpointing(model: nn.Module, enabled: bool = True) -> Iterator[None]:
+    """Inside: training mode (transformers checkpoints only then) with activation checkpointing,
+    non-reentrant (frozen embeddings give inputs that do not require grad). The LLaMA-family
+    models here have no dropout at their default settings, so training mode changes nothing else."""
+    enabled = enabled and getattr(model, "supports_gradient_checkpointing", False)
+    if enabled:  # transformers 5.24 renamed gradient_checkpointing_enable and its kwargs argument
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    try:
+        yield
+    finally:
+        model.eval()
+        if enabled:
+            (getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable)()

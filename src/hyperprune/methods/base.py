@@ -46,6 +46,8 @@ class PruningMethod(ABC):
     name: ClassVar[str]
     statistics: ClassVar[StatisticsKind] = StatisticsKind.NONE
     supports_unstructured: ClassVar[bool] = True
+    # A method that needs a pass over the whole dense model first (``prepare``) cannot stream.
+    needs_whole_model: ClassVar[bool] = False
 
     def __init__(self, config: PruneConfig) -> None:
         self.config = config
@@ -54,6 +56,10 @@ class PruningMethod(ABC):
     def updates_weights(self) -> bool:
         """Whether the method changes kept weights (then ``--target dense`` changes the weights it aims at)."""
         return False
+
+    def prepare(self, model: nn.Module, layout, calib_ids: torch.Tensor, device: torch.device, progress: bool) -> None:
+        """Called once with the dense model before the layer loop (and again on --resume, before
+        finished blocks are restored). Only for ``needs_whole_model`` methods."""
 
     def prune_block(self, ctx: BlockContext) -> dict[str, torch.Tensor]:
         """Prune the block's linears in place; return their keep-masks by role."""

@@ -1,0 +1,104 @@
+"""The paper's other one-shot baselines: RIA and Pruner-Zero."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+
+from conftest import tiny_model
+from hyperprune.cli import main
+from hyperprune.engine.gradients import weight_gradient_norms
+from hyperprune.masks import count_nm_violations
+from hyperprune.methods.scoring import minmax, pruner_zero_scores, ria_scores
+from hyperprune.models import layout_for
+from test_resume import NLAYERS, assert_bit_identical, model_dir, prune_args, run_subprocess  # noqa: F401
+
+
+def test_ria_scores_by_hand():
+    weight = torch.tensor([[1.0, -3.0], [2.0, 2.0]])
+    norms = torch.tensor([4.0, 9.0])
+    # |W|/row sums: [[1/4, 3/4], [1/2, 1/2]]; |W|/column sums: [[1/3, 3/5], [2/3, 2/5]]; ‖x‖^0.5 = [2, 3]
+    expected = torch.tensor([[(1 / 4 + 1 / 3) * 2, (3 / 4 + 3 / 5) * 3], [(1 / 2 + 2 / 3) * 2, (1 / 2 + 2 / 5) * 3]])
+    assert torch.allclose(ria_scores(weight, norms, 0.5), expected)
+
+
+def test_ria_differs_from_wanda_where_a_row_is_heavy():
+    """A weight that is small in absolute terms but large within its light row is kept by RIA."""
+    from hyperprune.methods.scoring import wanda_scores
+
+    weight = torch.tensor([[10.0, 9.0, 8.0, 7.0], [0.1, 0.4, 0.3, 0.2]])
+    norms = torch.ones(4)
+    assert torch.equal(ria_scores(weight, norms).argsort(dim=1), weight.abs().argsort(dim=1))  # rows keep their order
+    column_share = ria_scores(weight, norms)[1] - weight[1].abs() / weight[1].abs().sum()
+    assert torch.all(column_share > 0) and not torch.equal(ria_scores(weight, norms), wanda_scores(weight, norms))
+
+
+def test_minmax_and_pruner_zero_scores():
+    assert torch.equal(minmax(torch.tensor([2.0, 4.0, 3.0])), torch.tensor([0.0, 1.0, 0.5]))
+    assert torch.equal(minmax(torch.full((3,), 7.0)), torch.zeros(3))
+    weight = torch.tensor([[1.0, -2.0, 3.0, 0.5]])
+    gradient = torch.tensor([[0.0, -1.0, 0.5, 1.0]])
+    assert torch.allclose(pruner_zero_scores(weight, gradient), torch.tensor([[0.0, 4.0, 4.5, 0.25]]))
+
+
+def test_gradient_norms_are_the_l2_norm_over_windows_of_per_window_gradients():
+    model = tiny_model("llama")
+    layout = layout_for("llama")
+    ids = torch.randint(0, 256, (3, 16), generator=torch.Generator().manual_seed(0))
+    norms = weight_gradient_norms(model, layout, ids, torch.device("cpu"), progress=False)
+    assert len(norms) == 3 * 7 and all(p.grad is None for p in model.parameters()) and not model.training
+    name = "model.layers.1.mlp.down_proj.weight"
+    weight = dict(model.named_parameters())[name]
+    total = torch.zeros_like(weight)
+    for s in range(3):
+        model.zero_grad()
+        model(input_ids=ids[s : s + 1], labels=ids[s : s + 1]).loss.backward()
+        total += weight.grad.pow(2)
+    assert torch.allclose(norms[name], total.sqrt(), rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("method", ["ria", "pruner-zero"])
+@pytest.mark.parametrize("pattern", ["2:4", "1:4"])
+def test_new_baselines_prune_exact_nm(tmp_path, tiny_model_dir, calib_file, method, pattern):
+    out = tmp_path / "out"
+    assert main(["prune", "--model", str(tiny_model_dir), "--method", method, "--pattern", pattern, "--calib",
+                 str(calib_file), "--nsamples", "4", "--seqlen", "32", "--no-stream", "--output", str(out), "--quiet"]) == 0
+    assert main(["verify", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    n, m = map(int, pattern.split(":"))
+    assert report["nm_valid"] and report["global_sparsity"] == pytest.approx(1 - n / m, abs=1e-6)
+
+
+def test_new_baselines_rank_on_block_error(tmp_path, tiny_model_dir, calib_file):
+    out = tmp_path / "c.json"
+    assert main(["compare", "--model", str(tiny_model_dir), "--methods", "magnitude,ria,pruner-zero,wanda",
+                 "--calib", str(calib_file), "--nsamples", "8", "--seqlen", "32", "--eval", str(calib_file),
+                 "--eval-windows", "2", "--quiet", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["methods"]
+    # Activation-aware scores beat plain magnitude on the calibration data.
+    assert rows["ria"]["mean_block_rel_output_error"] < rows["magnitude"]["mean_block_rel_output_error"]
+    assert rows["pruner-zero"]["mean_block_rel_output_error"] != rows["magnitude"]["mean_block_rel_output_error"]
+
+
+def test_pruner_zero_refuses_to_stream(tmp_path, tiny_model_dir, calib_file, capsys):
+    args = ["prune", "--model", str(tiny_model_dir), "--method", "pruner-zero", "--calib", str(calib_file),
+            "--nsamples", "2", "--seqlen", "16", "--stream", "--output", str(tmp_path / "o"), "--quiet"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--no-stream" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_pruner_zero_sigkill_then_resume_is_bit_identical(tmp_path, model_dir, calib_file):
+    extra = ["--method", "pruner-zero", "--no-stream"]
+    reference = tmp_path / "reference"
+    assert main([*prune_args(model_dir, calib_file, reference), *extra]) == 0
+    out = tmp_path / "killed"
+    block = random.randrange(NLAYERS)
+    killed = run_subprocess([*prune_args(model_dir, calib_file, out), *extra], {"HYPERPRUNE_FAULT": f"{block}:mid_block"})
+    assert killed.returncode == -9, killed.stderr[-500:]
+    assert main([*prune_args(model_dir, calib_file, out), *extra, "--resume"]) == 0
+    assert_bit_identical(reference, out)
