@@ -102,3 +102,66 @@ def test_pruner_zero_sigkill_then_resume_is_bit_identical(tmp_path, model_dir, c
     assert killed.returncode == -9, killed.stderr[-500:]
     assert main([*prune_args(model_dir, calib_file, out), *extra, "--resume"]) == 0
     assert_bit_identical(reference, out)
+
+
+# ---------------------------------------------------------------- MaskPro
+from hyperprune.config import MaskProOptions  # noqa: E402
+from hyperprune.methods.maskpro import row_errors, sample_without_replacement, train_mask_logits  # noqa: E402
+
+
+def test_sampling_without_replacement_keeps_n_and_its_probabilities_sum_to_one():
+    import itertools
+
+    logits = torch.tensor([[0.5, -1.0, 2.0, 0.0]], requires_grad=True)
+    keep, log_prob = sample_without_replacement(logits, 2, torch.Generator().manual_seed(0))
+    assert keep.sum() == 2 and log_prob.shape == (1,)
+    # Every ordered draw's probability, from the same formula, sums to one.
+    total = 0.0
+    p = torch.softmax(logits.detach()[0], 0)
+    for i, j in itertools.permutations(range(4), 2):
+        total += float(p[i] * p[j] / (1 - p[i]))
+    assert total == pytest.approx(1.0, abs=1e-6)
+    # n = 1: the draw follows softmax(logits).
+    many = torch.tensor([[0.0, 1.0, 2.0, -1.0]]).repeat(20000, 1)
+    keep, log_prob = sample_without_replacement(many, 1, torch.Generator().manual_seed(1))
+    assert torch.allclose(keep.float().mean(0), torch.softmax(many[0], 0), atol=0.015)
+    assert torch.allclose(log_prob, torch.log_softmax(many, 1)[keep])
+
+
+def test_row_errors_is_the_quadratic_error_of_the_removed_weights():
+    torch.manual_seed(0)
+    x = torch.randn(50, 8)
+    H = x.T @ x
+    W = torch.randn(3, 8)
+    keep = torch.rand(3, 8) > 0.5
+    expected = ((x @ (W * ~keep).T) ** 2).sum(0)
+    assert torch.allclose(row_errors(W, keep, H), expected, rtol=1e-4)
+
+
+def test_policy_gradient_improves_on_a_poor_prior():
+    torch.manual_seed(0)
+    x = torch.randn(400, 16) @ torch.randn(16, 16)  # correlated inputs: magnitude is a poor mask here
+    H = 2 * x.T @ x / 400
+    W = torch.randn(8, 16)
+    prior = torch.zeros(8, 16, dtype=torch.bool).view(-1, 4)
+    prior.scatter_(1, W.abs().view(-1, 4).topk(2, dim=1).indices, True)
+    prior = prior.view(8, 16)
+    options = MaskProOptions(steps=150, samples=8, lr=0.3, init_scale=1.0)
+    keep, info = train_mask_logits(W, H, prior, 2, 4, options, torch.Generator().manual_seed(0))
+    assert keep.view(-1, 4).sum(dim=1).eq(2).all()
+    assert info["rel_error"] < 0.9 * info["prior_rel_error"] and info["changed_from_prior"] > 0
+
+
+def test_maskpro_in_the_engine_is_exact_nm_and_resumes_bit_identically(tmp_path, model_dir, calib_file):
+    extra = ["--method", "maskpro", "--maskpro-steps", "4", "--maskpro-samples", "2"]
+    reference = tmp_path / "reference"
+    assert main([*prune_args(model_dir, calib_file, reference), *extra]) == 0
+    assert main(["verify", str(reference)]) == 0
+    report = json.loads((reference / "report.json").read_text())
+    assert all("prior_rel_error" in layer["info"] for layer in report["layers"])
+    out = tmp_path / "killed"
+    block = random.randrange(NLAYERS)
+    killed = run_subprocess([*prune_args(model_dir, calib_file, out), *extra], {"HYPERPRUNE_FAULT": f"{block}:mid_block"})
+    assert killed.returncode == -9, killed.stderr[-500:]
+    assert main([*prune_args(model_dir, calib_file, out), *extra, "--resume"]) == 0
+    assert_bit_identical(reference, out)

@@ -16,6 +16,7 @@ from hyperprune.config import (
     HyperPruneOptions,
     DEFAULT_NSAMPLES,
     DEFAULT_SEED,
+    MaskProOptions,
     PruneConfig,
     ReconstructOptions,
     RIAOptions,
@@ -51,6 +52,14 @@ def _add_pruning(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sparsegpt-lstsq-damp", type=float, default=SparseGPTOptions().lstsq_damp,
                    help=f"λ of SparseGPT's lstsq refit, fraction of mean diag H (default: {SparseGPTOptions().lstsq_damp})")
     p.add_argument("--ria-power", type=float, default=RIAOptions().power, help="RIA: a in ‖X_j‖^a (default: 0.5)")
+    maskpro = MaskProOptions()
+    p.add_argument("--maskpro-steps", type=int, default=maskpro.steps, help=f"MaskPro: policy-gradient steps per layer (default: {maskpro.steps})")
+    p.add_argument("--maskpro-samples", type=int, default=maskpro.samples, help=f"MaskPro: masks sampled per step (default: {maskpro.samples})")
+    p.add_argument("--maskpro-lr", type=float, default=maskpro.lr, help=f"MaskPro: Adam learning rate of the logits (default: {maskpro.lr})")
+    p.add_argument("--maskpro-init-scale", type=float, default=maskpro.init_scale,
+                   help=f"MaskPro: initial logits = this × the prior's keep-mask (default: {maskpro.init_scale})")
+    p.add_argument("--maskpro-prior", default=maskpro.prior, choices=["sparsegpt", "wanda", "magnitude"],
+                   help=f"MaskPro: initial mask (default: {maskpro.prior})")
     p.add_argument("--no-offload", action="store_true", help="keep calibration activations on the compute device")
     p.add_argument("--offload-to-disk", action="store_true", help="keep calibration activations in memory-mapped files (when they don't fit in RAM)")
     p.add_argument("--on-nan", default="error", choices=["error", "skip"], help="on NaN/Inf: stop (default) or keep that block dense")
@@ -260,6 +269,8 @@ def _config(args: argparse.Namespace, method: str) -> PruneConfig:
                                        lstsq_damp=args.sparsegpt_lstsq_damp),
             hyperprune=_hyperprune_options(args),
             ria=RIAOptions(power=args.ria_power),
+            maskpro=MaskProOptions(steps=args.maskpro_steps, samples=args.maskpro_samples, lr=args.maskpro_lr,
+                                   init_scale=args.maskpro_init_scale, prior=args.maskpro_prior),
             fit_target=args.fit_target,
             target_damp=args.target_damp,
             reconstruct=_reconstruct_options(args),

@@ -120,6 +120,19 @@ class RIAOptions(BaseModel):
     power: float = Field(0.5, gt=0, description="a in ‖X_j‖^a (RIA's default 0.5)")
 
 
+class MaskProOptions(BaseModel):
+    """MaskPro's settings, run layer-wise in this engine (the original trains end to end)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    steps: int = Field(50, ge=0, description="policy-gradient steps per layer")
+    samples: int = Field(4, gt=0, description="masks sampled per step")
+    lr: float = Field(0.5, gt=0, description="Adam learning rate of the mask logits")
+    init_scale: float = Field(3.0, ge=0, description="logits start at this constant times the prior's keep-mask")
+    prior: Literal["sparsegpt", "wanda", "magnitude"] = Field("sparsegpt", description="the initial mask")
+    baseline_decay: float = Field(0.9, ge=0, lt=1, description="moving average of the baseline, from the prior's loss")
+
+
 HYPERNET_FEATURES = ("weight", "wanda", "saliency", "hdiag", "hinv", "coupling", "delta", "hblock")
 
 
@@ -264,6 +277,7 @@ class PruneConfig(BaseModel):
     sparsegpt: SparseGPTOptions = Field(default_factory=SparseGPTOptions)
     hyperprune: HyperPruneOptions = Field(default_factory=HyperPruneOptions)
     ria: RIAOptions = Field(default_factory=RIAOptions)
+    maskpro: MaskProOptions = Field(default_factory=MaskProOptions)
     fit_target: Literal["pruned", "dense"] = Field(
         "pruned",
         description="what a block is fitted to (--target): pruned: the dense block's output on the pruned model's "
