@@ -92,18 +92,6 @@ def test_pruner_zero_refuses_to_stream(tmp_path, tiny_model_dir, calib_file, cap
     assert not (tmp_path / "o").exists()
 
 
-def test_pruner_zero_sigkill_then_resume_is_bit_identical(tmp_path, model_dir, calib_file):
-    extra = ["--method", "pruner-zero", "--no-stream"]
-    reference = tmp_path / "reference"
-    assert main([*prune_args(model_dir, calib_file, reference), *extra]) == 0
-    out = tmp_path / "killed"
-    block = random.randrange(NLAYERS)
-    killed = run_subprocess([*prune_args(model_dir, calib_file, out), *extra], {"HYPERPRUNE_FAULT": f"{block}:mid_block"})
-    assert killed.returncode == -9, killed.stderr[-500:]
-    assert main([*prune_args(model_dir, calib_file, out), *extra, "--resume"]) == 0
-    assert_bit_identical(reference, out)
-
-
 # ---------------------------------------------------------------- MaskPro
 from hyperprune.config import MaskProOptions  # noqa: E402
 from hyperprune.methods.maskpro import row_errors, sample_without_replacement, train_mask_logits  # noqa: E402
@@ -162,6 +150,74 @@ def test_maskpro_in_the_engine_is_exact_nm_and_resumes_bit_identically(tmp_path,
     out = tmp_path / "killed"
     block = random.randrange(NLAYERS)
     killed = run_subprocess([*prune_args(model_dir, calib_file, out), *extra], {"HYPERPRUNE_FAULT": f"{block}:mid_block"})
+    assert killed.returncode == -9, killed.stderr[-500:]
+    assert main([*prune_args(model_dir, calib_file, out), *extra, "--resume"]) == 0
+    assert_bit_identical(reference, out)
+
+
+# ---------------------------------------------------------------- MaskLLM
+def _calibration_lm_loss(model, masks, ids):
+    import copy
+
+    pruned = copy.deepcopy(model)
+    params = dict(pruned.named_parameters())
+    with torch.no_grad():
+        for name, keep in masks.items():
+            params[name].mul_(keep)
+        return sum(float(pruned(input_ids=ids[i : i + 1], labels=ids[i : i + 1]).loss) for i in range(ids.shape[0]))
+
+
+def test_soft_pattern_mask_mixes_patterns_and_hardens_as_tau_falls():
+    from hyperprune.masks import nm_patterns
+    from hyperprune.methods.maskllm import logits_from_prior, soft_pattern_mask
+
+    patterns = nm_patterns(2, 4)
+    prior = torch.tensor([[True, False, True, False]])
+    logits = logits_from_prior(prior, patterns, 3.0)
+    assert int(logits.argmax()) == patterns.tolist().index([1.0, 0.0, 1.0, 0.0])
+    soft = soft_pattern_mask(logits, torch.zeros_like(logits), 1.0, 1.0, patterns)
+    assert soft.sum() == pytest.approx(2.0) and 0 < soft.min() and soft.max() < 1
+    hard = soft_pattern_mask(logits, torch.zeros_like(logits), 0.01, 1.0, patterns)
+    assert torch.allclose(hard, prior.float(), atol=1e-6)
+
+
+def test_maskllm_starts_at_its_prior_and_training_lowers_the_lm_loss():
+    from hyperprune.config import MaskLLMOptions, PruneConfig
+    from hyperprune.methods.maskllm import MaskLLM
+    from hyperprune.methods.whole_model import one_shot_masks
+
+    ids = torch.randint(0, 256, (8, 32), generator=torch.Generator().manual_seed(0))
+    layout, cpu = layout_for("llama"), torch.device("cpu")
+    model = tiny_model("llama")
+    untrained = MaskLLM(PruneConfig(method="maskllm", nsamples=8, maskllm=MaskLLMOptions(steps=0)))
+    prior = one_shot_masks("sparsegpt", untrained.config, model, layout, ids, cpu)
+    start = untrained.compute_masks(model, layout, ids, cpu, False)
+    assert all(torch.equal(start[name], prior[name]) for name in prior)
+    trained = MaskLLM(PruneConfig(method="maskllm", nsamples=8, maskllm=MaskLLMOptions(steps=30, lr=0.3)))
+    masks = trained.compute_masks(model, layout, ids, cpu, False)
+    assert all(m.reshape(-1, 4).sum(dim=1).eq(2).all() for m in masks.values())
+    assert _calibration_lm_loss(model, masks, ids) < _calibration_lm_loss(model, prior, ids) - 0.5
+    assert trained.whole_model_info["tokens"] == 30 * 32
+
+
+def test_maskllm_refuses_a_model_over_its_memory_limit(tmp_path, tiny_model_dir, calib_file, capsys):
+    args = ["prune", "--model", str(tiny_model_dir), "--method", "maskllm", "--maskllm-max-memory-gib", "0.0001",
+            "--calib", str(calib_file), "--nsamples", "2", "--seqlen", "16", "--no-stream", "--output", str(tmp_path / "o"), "--quiet"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "GiB" in err and "--maskllm-max-memory-gib" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("method,flags", [("maskllm", ["--maskllm-steps", "3"]), ("pruner-zero", [])])
+def test_whole_model_methods_resume_bit_identically(tmp_path, model_dir, calib_file, method, flags):
+    extra = ["--method", method, "--no-stream", *flags]
+    reference = tmp_path / "reference"
+    assert main([*prune_args(model_dir, calib_file, reference), *extra]) == 0
+    assert main(["verify", str(reference)]) == 0
+    out = tmp_path / "killed"
+    block = random.randrange(NLAYERS)
+    killed = run_subprocess([*prune_args(model_dir, calib_file, out), *extra], {"HYPERPRUNE_FAULT": f"{block}:after_checkpoint"})
     assert killed.returncode == -9, killed.stderr[-500:]
     assert main([*prune_args(model_dir, calib_file, out), *extra, "--resume"]) == 0
     assert_bit_identical(reference, out)

@@ -16,7 +16,9 @@ from hyperprune.config import (
     HyperPruneOptions,
     DEFAULT_NSAMPLES,
     DEFAULT_SEED,
+    MaskLLMOptions,
     MaskProOptions,
+    ProxSparseOptions,
     PruneConfig,
     ReconstructOptions,
     RIAOptions,
@@ -51,20 +53,38 @@ def _add_pruning(p: argparse.ArgumentParser) -> None:
                    help="SparseGPT's weight update: its sequential OBS update, or its mask then the exact least-squares refit (default: obs)")
     p.add_argument("--sparsegpt-lstsq-damp", type=float, default=SparseGPTOptions().lstsq_damp,
                    help=f"λ of SparseGPT's lstsq refit, fraction of mean diag H (default: {SparseGPTOptions().lstsq_damp})")
-    p.add_argument("--ria-power", type=float, default=RIAOptions().power, help="RIA: a in ‖X_j‖^a (default: 0.5)")
-    maskpro = MaskProOptions()
-    p.add_argument("--maskpro-steps", type=int, default=maskpro.steps, help=f"MaskPro: policy-gradient steps per layer (default: {maskpro.steps})")
-    p.add_argument("--maskpro-samples", type=int, default=maskpro.samples, help=f"MaskPro: masks sampled per step (default: {maskpro.samples})")
-    p.add_argument("--maskpro-lr", type=float, default=maskpro.lr, help=f"MaskPro: Adam learning rate of the logits (default: {maskpro.lr})")
-    p.add_argument("--maskpro-init-scale", type=float, default=maskpro.init_scale,
-                   help=f"MaskPro: initial logits = this × the prior's keep-mask (default: {maskpro.init_scale})")
-    p.add_argument("--maskpro-prior", default=maskpro.prior, choices=["sparsegpt", "wanda", "magnitude"],
-                   help=f"MaskPro: initial mask (default: {maskpro.prior})")
     p.add_argument("--no-offload", action="store_true", help="keep calibration activations on the compute device")
     p.add_argument("--offload-to-disk", action="store_true", help="keep calibration activations in memory-mapped files (when they don't fit in RAM)")
     p.add_argument("--on-nan", default="error", choices=["error", "skip"], help="on NaN/Inf: stop (default) or keep that block dense")
     _add_reconstruct(p)
+    _add_method_options(p)
     _add_hyperprune(p)
+
+
+# Per-method option groups: PruneConfig field -> (options class, flag prefix, title). Each field of
+# the class becomes --<prefix>-<field>, with its default and description from the class.
+_METHOD_OPTIONS = {
+    "ria": (RIAOptions, "ria", "RIA"),
+    "maskpro": (MaskProOptions, "maskpro", "MaskPro (layer-wise policy gradient)"),
+    "maskllm": (MaskLLMOptions, "maskllm", "MaskLLM (end to end, small models)"),
+    "proxsparse": (ProxSparseOptions, "proxsparse", "ProxSparse (end to end, small models)"),
+}
+
+
+def _add_method_options(p: argparse.ArgumentParser) -> None:
+    for options, prefix, title in _METHOD_OPTIONS.values():
+        group = p.add_argument_group(f"{title} options")
+        for name, field in options.model_fields.items():
+            flag = f"--{prefix}-{name.replace('_', '-')}"
+            choices = getattr(field.annotation, "__args__", None) if "Literal" in str(field.annotation) else None
+            kind = None if choices else field.annotation
+            group.add_argument(flag, dest=f"{prefix}_{name}", default=field.default, type=kind, choices=choices,
+                               metavar=None if choices else name.upper(), help=f"{field.description} (default: {field.default})")
+
+
+def _method_options(args: argparse.Namespace, key: str):
+    options, prefix, _ = _METHOD_OPTIONS[key]
+    return options(**{name: getattr(args, f"{prefix}_{name}") for name in options.model_fields})
 
 
 def _add_reconstruct(p: argparse.ArgumentParser) -> None:
@@ -268,9 +288,7 @@ def _config(args: argparse.Namespace, method: str) -> PruneConfig:
             sparsegpt=SparseGPTOptions(percdamp=args.percdamp, blocksize=args.blocksize, refit=args.sparsegpt_refit,
                                        lstsq_damp=args.sparsegpt_lstsq_damp),
             hyperprune=_hyperprune_options(args),
-            ria=RIAOptions(power=args.ria_power),
-            maskpro=MaskProOptions(steps=args.maskpro_steps, samples=args.maskpro_samples, lr=args.maskpro_lr,
-                                   init_scale=args.maskpro_init_scale, prior=args.maskpro_prior),
+            **{key: _method_options(args, key) for key in _METHOD_OPTIONS},
             fit_target=args.fit_target,
             target_damp=args.target_damp,
             reconstruct=_reconstruct_options(args),

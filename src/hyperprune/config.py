@@ -117,7 +117,7 @@ class SparseGPTOptions(BaseModel):
 class RIAOptions(BaseModel):
     model_config = ConfigDict(frozen=True)
 
-    power: float = Field(0.5, gt=0, description="a in ‖X_j‖^a (RIA's default 0.5)")
+    power: float = Field(0.5, gt=0, description="a in ‖X_j‖^a")
 
 
 class MaskProOptions(BaseModel):
@@ -131,6 +131,36 @@ class MaskProOptions(BaseModel):
     init_scale: float = Field(3.0, ge=0, description="logits start at this constant times the prior's keep-mask")
     prior: Literal["sparsegpt", "wanda", "magnitude"] = Field("sparsegpt", description="the initial mask")
     baseline_decay: float = Field(0.9, ge=0, lt=1, description="moving average of the baseline, from the prior's loss")
+
+
+class MaskLLMOptions(BaseModel):
+    """MaskLLM's settings (small models only): end to end on the LM loss, weights frozen."""
+
+    model_config = ConfigDict(frozen=True)
+
+    steps: int = Field(100, ge=0, description="optimizer steps on the whole model")
+    batch_size: int = Field(1, gt=0, description="calibration windows per step")
+    lr: float = Field(0.05, gt=0, description="Adam learning rate of the pattern logits")
+    tau0: float = Field(1.0, gt=0, description="initial Gumbel-Softmax temperature")
+    tau_final: float = Field(0.05, gt=0, description="final temperature (linear anneal)")
+    logit_scale: float = Field(1.0, gt=0, description="κ: the logits are scaled by κ before the noise is added")
+    init_scale: float = Field(3.0, ge=0, description="prior: logit of a pattern = this × its overlap with the one-shot mask / n")
+    prior: Literal["sparsegpt", "wanda", "magnitude"] = Field("sparsegpt", description="the one-shot mask the logits start from")
+    max_memory_gib: float = Field(8.0, gt=0, description="refuse models whose mask state would need more")
+
+
+class ProxSparseOptions(BaseModel):
+    """ProxSparse's settings (small models only): end to end on the LM loss, weights trained
+    under a regularizer that is zero exactly on n:m groups; the mask is read off at the end."""
+
+    model_config = ConfigDict(frozen=True)
+
+    steps: int = Field(100, ge=0, description="optimizer steps on the whole model")
+    batch_size: int = Field(1, gt=0, description="calibration windows per step")
+    lr: float = Field(1e-4, gt=0, description="Adam learning rate of the weights")
+    lambda_sparse: float = Field(1.0, ge=0, description="λ1 of the n:m regularizer (its proximal step)")
+    lambda_close: float = Field(1.0, ge=0, description="λ2 of ‖W − W0‖², relative to ‖W0‖²")
+    max_memory_gib: float = Field(8.0, gt=0, description="refuse models whose trained copy would need more")
 
 
 HYPERNET_FEATURES = ("weight", "wanda", "saliency", "hdiag", "hinv", "coupling", "delta", "hblock")
@@ -278,6 +308,8 @@ class PruneConfig(BaseModel):
     hyperprune: HyperPruneOptions = Field(default_factory=HyperPruneOptions)
     ria: RIAOptions = Field(default_factory=RIAOptions)
     maskpro: MaskProOptions = Field(default_factory=MaskProOptions)
+    maskllm: MaskLLMOptions = Field(default_factory=MaskLLMOptions)
+    proxsparse: ProxSparseOptions = Field(default_factory=ProxSparseOptions)
     fit_target: Literal["pruned", "dense"] = Field(
         "pruned",
         description="what a block is fitted to (--target): pruned: the dense block's output on the pruned model's "

@@ -1,0 +1,91 @@
+"""MaskLLM (Fang et al., NeurIPS 2024), for small models: a learnable categorical distribution
+over the C(m, n) patterns of every group, trained end to end on the LM loss with the weights
+frozen. Each step draws a soft mask by Gumbel-Softmax over the patterns (temperature annealed
+linearly from τ0 to τ_f, logits scaled by κ); the logits start from a one-shot mask (SparseGPT's
+by default): a pattern's logit is ``init_scale`` × its overlap with that mask / n. The final
+mask is each group's most likely pattern.
+
+It is the costly upper reference for learned masks: the logits are C(m, n) floats per group
+(6 per 4 weights at 2:4), held with their gradient, Adam's two moments and the Gumbel draw, and
+every step is a forward and backward pass of the whole model.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from hyperprune.engine.end_to_end import mask_memory_bytes, train_end_to_end
+from hyperprune.errors import HyperpruneError
+from hyperprune.masks import nm_patterns
+from hyperprune.methods.base import register_method
+from hyperprune.methods.whole_model import WholeModelMasks, one_shot_masks
+from hyperprune.models.architectures import prunable_weight_names
+
+_MASK_STATE_COPIES = 5  # logits, gradient, Adam's two moments, the Gumbel draw
+
+
+def logits_from_prior(prior: torch.Tensor, patterns: torch.Tensor, init_scale: float) -> torch.Tensor:
+    """[groups, C]: ``init_scale`` × (overlap of each pattern with the prior's group) / n."""
+    m, n = patterns.shape[1], int(patterns[0].sum())
+    return init_scale * (prior.reshape(-1, m).float() @ patterns.T.float()) / n
+
+
+def gumbel_noise(shape: torch.Size, generator: torch.Generator) -> torch.Tensor:
+    uniform = torch.rand(shape, generator=generator).clamp(1e-20, 1.0 - 1e-7)
+    return -torch.log(-torch.log(uniform))
+
+
+def soft_pattern_mask(logits: torch.Tensor, noise: torch.Tensor, tau: float, logit_scale: float,
+                      patterns: torch.Tensor) -> torch.Tensor:
+    """[groups, m]: Σ_c softmax((κ·logits + g)/τ)_c · s_c, the Gumbel-Softmax mixture of patterns."""
+    return torch.softmax((logit_scale * logits + noise) / tau, dim=1) @ patterns
+
+
+@register_method("maskllm")
+class MaskLLM(WholeModelMasks):
+    supports_unstructured = False
+
+    def compute_masks(self, model, layout, calib_ids, device, progress) -> dict[str, torch.Tensor]:
+        options, pattern = self.config.maskllm, self.config.target.pattern
+        names = prunable_weight_names(model, layout)
+        params = dict(model.named_parameters())
+        check_mask_memory("maskllm", sum(params[name].numel() for name in names), pattern.m,
+                          math.comb(pattern.m, pattern.n), _MASK_STATE_COPIES, options.max_memory_gib,
+                          f"{math.comb(pattern.m, pattern.n)} float32 logits per group of {pattern.m} weights")
+        prior = one_shot_masks(options.prior, self.config, model, layout, calib_ids, device)
+        patterns = nm_patterns(pattern.n, pattern.m).to(device)
+        logits = {name: logits_from_prior(prior.pop(name).to(device), patterns, options.init_scale).requires_grad_(True)
+                  for name in names}
+        generator = torch.Generator().manual_seed(self.config.seed)
+        last = max(1, options.steps - 1)
+
+        def weights_for_step(step: int) -> dict[str, torch.Tensor]:
+            tau = options.tau0 + (options.tau_final - options.tau0) * step / last
+            out = {}
+            for name in names:
+                noise = gumbel_noise(logits[name].shape, generator).to(device)
+                soft = soft_pattern_mask(logits[name], noise, tau, options.logit_scale, patterns)
+                weight = params[name].detach()
+                out[name] = weight * soft.reshape(weight.shape).to(weight.dtype)
+            return out
+
+        report = train_end_to_end(model, list(logits.values()), weights_for_step, calib_ids, options.steps, options.lr,
+                                  options.batch_size, self.config.seed, device, progress=progress, desc="MaskLLM")
+        self.whole_model_info = {"steps": report.steps, "tokens": report.tokens, "seconds": report.seconds,
+                                 "first_loss": report.losses[0] if report.losses else None,
+                                 "last_loss": report.losses[-1] if report.losses else None}
+        return {name: patterns[logits[name].detach().argmax(dim=1)].bool().reshape(params[name].shape).cpu() for name in names}
+
+
+def check_mask_memory(method: str, prunable: int, m: int, floats_per_group: int, copies: int, limit_gib: float,
+                      what: str) -> None:
+    """Refuse, in one line, a model whose learned-mask state would exceed the limit."""
+    need = mask_memory_bytes(prunable, m, floats_per_group, copies)
+    if need > limit_gib * 2**30:
+        raise HyperpruneError(
+            f"{method} keeps {what}, {copies} copies (values, gradient, Adam's two moments, one more): about "
+            f"{need / 2**30:.1f} GiB for this model's {prunable / 1e6:.0f}M prunable weights, above the limit of "
+            f"{limit_gib:g} GiB (--{method}-max-memory-gib); use a smaller model or raise the limit"
+        )

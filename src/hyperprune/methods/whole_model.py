@@ -1,0 +1,53 @@
+"""Methods whose masks come from one pass over the whole dense model before the layer loop
+(Pruner-Zero's gradients, MaskLLM's and ProxSparse's end-to-end training). ``prepare`` computes
+every mask; the layer loop then applies them block by block, so the engine still measures each
+layer's and block's error and checkpoints each block as for any other method."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from hyperprune.errors import HyperpruneError
+from hyperprune.methods.base import BlockContext, PruningMethod, get_method
+
+
+class WholeModelMasks(PruningMethod):
+    needs_whole_model = True
+
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        self.masks: dict[str, torch.Tensor] = {}
+        self.layout = None
+        self.whole_model_info: dict = {}  # what the whole-model pass reports (in block 0's record)
+
+    def prepare(self, model, layout, calib_ids, device, progress) -> None:
+        self.layout = layout
+        self.masks = self.compute_masks(model, layout, calib_ids, device, progress)
+
+    def compute_masks(self, model, layout, calib_ids, device, progress) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def prune_block(self, ctx: BlockContext) -> dict[str, torch.Tensor]:
+        if self.layout is None:
+            raise HyperpruneError(f"method '{self.name}' ran without its whole-model pass; call prepare() first")
+        if ctx.index == 0 and self.whole_model_info:
+            ctx.block_info["whole_model_pass"] = self.whole_model_info
+        masks = {}
+        for role, linear in ctx.linears.items():
+            keep = self.masks.pop(f"{self.layout.layers}.{ctx.index}.{self.layout.components[role]}.weight")
+            masks[role] = keep.to(linear.weight.device)
+            linear.weight.data.mul_(masks[role].to(linear.weight.dtype))
+        return masks
+
+
+def one_shot_masks(method: str, config, model, layout, calib_ids, device) -> dict[str, torch.Tensor]:
+    """The masks a one-shot method (``sparsegpt``, ``wanda``, ``magnitude``) gives the model,
+    from a layer-wise run on a copy (small models only: the copy doubles the model's memory)."""
+    from hyperprune.engine.layerwise import run_layerwise  # the engine imports the method base: not at load time
+
+    prior_config = config.model_copy(update={"method": method, "reconstruct": config.reconstruct.model_copy(update={"steps": 0}),
+                                             "fit_target": "pruned"})
+    result = run_layerwise(copy.deepcopy(model), layout, get_method(method)(prior_config), calib_ids, device, progress=False)
+    return result.masks
