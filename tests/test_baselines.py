@@ -209,7 +209,8 @@ def test_maskllm_refuses_a_model_over_its_memory_limit(tmp_path, tiny_model_dir,
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("method,flags", [("maskllm", ["--maskllm-steps", "3"]), ("pruner-zero", [])])
+@pytest.mark.parametrize("method,flags", [("maskllm", ["--maskllm-steps", "3"]), ("pruner-zero", []),
+                                          ("proxsparse", ["--proxsparse-steps", "3"])])
 def test_whole_model_methods_resume_bit_identically(tmp_path, model_dir, calib_file, method, flags):
     extra = ["--method", method, "--no-stream", *flags]
     reference = tmp_path / "reference"
@@ -221,3 +222,45 @@ def test_whole_model_methods_resume_bit_identically(tmp_path, model_dir, calib_f
     assert killed.returncode == -9, killed.stderr[-500:]
     assert main([*prune_args(model_dir, calib_file, out), *extra, "--resume"]) == 0
     assert_bit_identical(reference, out)
+
+
+# ---------------------------------------------------------------- ProxSparse
+def test_nm_penalty_is_zero_exactly_on_nm_groups_and_its_gradient_is_exact():
+    from hyperprune.methods.proxsparse import competitor_index, nm_penalty, nm_penalty_gradient
+
+    groups = torch.tensor([[1.0, 2.0, 0.0, 0.0], [1.0, 2.0, 3.0, 0.0], [0.5, 0.5, 0.5, 0.5]])
+    penalty = nm_penalty(groups, 2)
+    assert penalty[0] == 0 and penalty[1] == pytest.approx(6.0) and penalty[2] == pytest.approx(4 * 0.125)
+    u = torch.rand(5, 4, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+    nm_penalty(u, 2).sum().backward()
+    assert torch.allclose(nm_penalty_gradient(u.detach(), 2, competitor_index(4, 2)), u.grad, atol=1e-6)
+
+
+def test_proximal_shrink_leaves_nm_groups_alone_and_clips_at_zero():
+    from hyperprune.methods.proxsparse import competitor_index, proximal_shrink
+
+    weight = torch.tensor([[0.0, -2.0, 0.0, 1.0, 3.0, -0.1, 2.0, 2.0]])
+    proximal_shrink(weight, 2, 4, step=0.1, unit=1.0, index=competitor_index(4, 2))
+    assert torch.equal(weight[0, :4], torch.tensor([0.0, -2.0, 0.0, 1.0]))
+    assert weight[0, 5] == 0.0  # the small competitor of three large weights is zeroed, not flipped
+    assert torch.all(weight[0, [4, 6, 7]] > 0) and torch.all(weight[0, [4, 6, 7]] < torch.tensor([3.0, 2.0, 2.0]))
+
+
+def test_proxsparse_drives_groups_to_nm_and_beats_magnitude_on_its_data():
+    from hyperprune.config import ProxSparseOptions, PruneConfig
+    from hyperprune.methods.proxsparse import ProxSparse
+    from hyperprune.methods.whole_model import one_shot_masks
+
+    ids = torch.randint(0, 256, (8, 32), generator=torch.Generator().manual_seed(0))
+    layout, cpu = layout_for("llama"), torch.device("cpu")
+    model = tiny_model("llama")
+    fractions = []
+    for lam in (0.0, 3.0):
+        method = ProxSparse(PruneConfig(method="proxsparse", nsamples=8,
+                                        proxsparse=ProxSparseOptions(steps=30, lr=1e-3, lambda_sparse=lam)))
+        masks = method.compute_masks(model, layout, ids, cpu, False)
+        fractions.append(method.whole_model_info["groups_beyond_nm_before_readout"])
+    assert fractions[0] == 1.0 and fractions[1] < 0.2
+    assert all(m.reshape(-1, 4).sum(dim=1).eq(2).all() for m in masks.values())
+    magnitude = one_shot_masks("magnitude", method.config, model, layout, ids, cpu)
+    assert _calibration_lm_loss(model, masks, ids) < _calibration_lm_loss(model, magnitude, ids)

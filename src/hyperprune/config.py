@@ -158,7 +158,7 @@ class ProxSparseOptions(BaseModel):
     steps: int = Field(100, ge=0, description="optimizer steps on the whole model")
     batch_size: int = Field(1, gt=0, description="calibration windows per step")
     lr: float = Field(1e-4, gt=0, description="Adam learning rate of the weights")
-    lambda_sparse: float = Field(1.0, ge=0, description="λ1 of the n:m regularizer (its proximal step)")
+    lambda_sparse: float = Field(3.0, ge=0, description="λ1 of the n:m regularizer, ramped from 0 (its proximal step shrinks by λ1·lr per unit of gradient)")
     lambda_close: float = Field(1.0, ge=0, description="λ2 of ‖W − W0‖², relative to ‖W0‖²")
     max_memory_gib: float = Field(8.0, gt=0, description="refuse models whose trained copy would need more")
 
