@@ -211,7 +211,7 @@ def test_maskllm_refuses_a_model_over_its_memory_limit(tmp_path, tiny_model_dir,
 
 @pytest.mark.parametrize("method,flags", [("maskllm", ["--maskllm-steps", "3"]), ("pruner-zero", []),
                                           ("proxsparse", ["--proxsparse-steps", "3"])])
-def test_whole_model_methods_resume_bit_identically(tmp_path, model_dir, calib_file, method, flags):
+def test_whole_model_methods_resume_bit_identically(tmp_path, model_dir, calib_file, method, flags, monkeypatch):
     extra = ["--method", method, "--no-stream", *flags]
     reference = tmp_path / "reference"
     assert main([*prune_args(model_dir, calib_file, reference), *extra]) == 0
@@ -220,6 +220,12 @@ def test_whole_model_methods_resume_bit_identically(tmp_path, model_dir, calib_f
     block = random.randrange(NLAYERS)
     killed = run_subprocess([*prune_args(model_dir, calib_file, out), *extra], {"HYPERPRUNE_FAULT": f"{block}:after_checkpoint"})
     assert killed.returncode == -9, killed.stderr[-500:]
+    from hyperprune.methods.whole_model import WholeModelMasks
+
+    def never(*args, **kwargs):
+        raise AssertionError("the whole-model pass ran again on --resume")
+
+    monkeypatch.setattr(WholeModelMasks, "prepare", never)  # the masks come from the checkpoint
     assert main([*prune_args(model_dir, calib_file, out), *extra, "--resume"]) == 0
     assert_bit_identical(reference, out)
 

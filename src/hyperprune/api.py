@@ -112,7 +112,8 @@ def run_method(
         raise HyperpruneError(f"method '{config.method}' needs a pass over the whole model first and cannot stream; pass --no-stream")
     start = time.perf_counter()
     with PeakMemory() as memory, _activation_dir(config, checkpoint) as activation_dir:
-        if method.needs_whole_model:
+        # A resumed run gets the masks still to apply from the checkpointed method state.
+        if method.needs_whole_model and not (checkpoint is not None and checkpoint.has_progress()):
             method.prepare(loaded.model, loaded.layout, calib_ids, device, progress)
         result = run_layerwise(
             loaded.model, loaded.layout, method, calib_ids, device, config.offload_activations, progress,

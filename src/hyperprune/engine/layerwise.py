@@ -198,6 +198,7 @@ def _prune_block(
         forward=forward,
         device=device,
         kwargs=kwargs,
+        names={role: f"{layout.layers}.{index}.{layout.components[role]}.weight" for role in linears},
     )
     try:
         if paired is not None:

@@ -37,6 +37,7 @@ class BlockContext:
     info: dict[str, Any] = field(default_factory=dict)  # per-layer notes the method wants in the report
     kwargs: dict[str, Any] = field(default_factory=dict)  # what ``forward`` binds (masks, positions)
     block_info: dict[str, Any] = field(default_factory=dict)  # block-level notes for the report
+    names: dict[str, str] = field(default_factory=dict)  # role -> the weight's state-dict name
 
 
 class PruningMethod(ABC):
@@ -58,8 +59,8 @@ class PruningMethod(ABC):
         return False
 
     def prepare(self, model: nn.Module, layout, calib_ids: torch.Tensor, device: torch.device, progress: bool) -> None:
-        """Called once with the dense model before the layer loop (and again on --resume, before
-        finished blocks are restored). Only for ``needs_whole_model`` methods."""
+        """Called once with the dense model before the layer loop, for ``needs_whole_model``
+        methods; not on a --resume that has finished blocks (their state is checkpointed)."""
 
     def prune_block(self, ctx: BlockContext) -> dict[str, torch.Tensor]:
         """Prune the block's linears in place; return their keep-masks by role."""

@@ -1,7 +1,9 @@
 """Methods whose masks come from one pass over the whole dense model before the layer loop
 (Pruner-Zero's gradients, MaskLLM's and ProxSparse's end-to-end training). ``prepare`` computes
 every mask; the layer loop then applies them block by block, so the engine still measures each
-layer's and block's error and checkpoints each block as for any other method."""
+layer's and block's error and checkpoints each block as for any other method. The masks not yet
+applied are the method's checkpointed state (bit-packed), so ``--resume`` after a finished block
+skips the whole-model pass; a run killed during the pass itself starts it again."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import copy
 import torch
 
 from hyperprune.errors import HyperpruneError
+from hyperprune.masks import pack_mask, unpack_mask
 from hyperprune.methods.base import BlockContext, PruningMethod, get_method
 
 
@@ -19,24 +22,36 @@ class WholeModelMasks(PruningMethod):
     def __init__(self, config) -> None:
         super().__init__(config)
         self.masks: dict[str, torch.Tensor] = {}
-        self.layout = None
+        self.prepared = False
         self.whole_model_info: dict = {}  # what the whole-model pass reports (in block 0's record)
 
     def prepare(self, model, layout, calib_ids, device, progress) -> None:
-        self.layout = layout
         self.masks = self.compute_masks(model, layout, calib_ids, device, progress)
+        self.prepared = True
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        state = {}
+        for name, keep in self.masks.items():
+            state[f"{name}|packed"] = pack_mask(keep)
+            state[f"{name}|shape"] = torch.tensor(list(keep.shape))
+        return state
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        names = {key.rsplit("|", 1)[0] for key in state}
+        self.masks = {name: unpack_mask(state[f"{name}|packed"], tuple(state[f"{name}|shape"].tolist())) for name in names}
+        self.prepared = True
 
     def compute_masks(self, model, layout, calib_ids, device, progress) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
     def prune_block(self, ctx: BlockContext) -> dict[str, torch.Tensor]:
-        if self.layout is None:
+        if not self.prepared:
             raise HyperpruneError(f"method '{self.name}' ran without its whole-model pass; call prepare() first")
         if ctx.index == 0 and self.whole_model_info:
             ctx.block_info["whole_model_pass"] = self.whole_model_info
         masks = {}
         for role, linear in ctx.linears.items():
-            keep = self.masks.pop(f"{self.layout.layers}.{ctx.index}.{self.layout.components[role]}.weight")
+            keep = self.masks.pop(ctx.names[role])
             masks[role] = keep.to(linear.weight.device)
             linear.weight.data.mul_(masks[role].to(linear.weight.dtype))
         return masks
