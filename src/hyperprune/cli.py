@@ -27,6 +27,7 @@ from hyperprune.config import (
     ZeroShotOptions,
 )
 from hyperprune.cli_distill import add_distill_parser, cmd_distill
+from hyperprune.cli_flags import add_option_flags, options_from_args
 from hyperprune.errors import HyperpruneError
 
 log = logging.getLogger("hyperprune")
@@ -73,18 +74,12 @@ _METHOD_OPTIONS = {
 
 def _add_method_options(p: argparse.ArgumentParser) -> None:
     for options, prefix, title in _METHOD_OPTIONS.values():
-        group = p.add_argument_group(f"{title} options")
-        for name, field in options.model_fields.items():
-            flag = f"--{prefix}-{name.replace('_', '-')}"
-            choices = getattr(field.annotation, "__args__", None) if "Literal" in str(field.annotation) else None
-            kind = None if choices else field.annotation
-            group.add_argument(flag, dest=f"{prefix}_{name}", default=field.default, type=kind, choices=choices,
-                               metavar=None if choices else name.upper(), help=f"{field.description} (default: {field.default})")
+        add_option_flags(p.add_argument_group(f"{title} options"), options, f"{prefix}-", f"{prefix}_")
 
 
 def _method_options(args: argparse.Namespace, key: str):
     options, prefix, _ = _METHOD_OPTIONS[key]
-    return options(**{name: getattr(args, f"{prefix}_{name}") for name in options.model_fields})
+    return options_from_args(args, options, f"{prefix}_")
 
 
 def _add_reconstruct(p: argparse.ArgumentParser) -> None:

@@ -267,15 +267,15 @@ class DistillOptions(BaseModel):
     steps: int = Field(50, gt=0, description="optimizer steps")
     lr: float = Field(2e-5, gt=0, description="Adam learning rate of the kept weights")
     batch_size: int = Field(2, gt=0, description="windows per step")
-    seqlen: int | None = Field(None, gt=0, description="tokens per window; None: the pruning run's")
+    seqlen: int | None = Field(None, gt=0, description="tokens per window (default: the pruning run's)")
     nsamples: int = Field(64, gt=1, description="distillation windows, including the held-out ones")
     holdout: int = Field(4, ge=1, description="windows held out for early stopping")
     eval_every: int = Field(10, gt=0, description="steps between held-out checks")
     patience: int = Field(3, ge=1, description="held-out checks without improvement before stopping")
     hidden_weight: float = Field(0.0, ge=0, description="weight of the final hidden-state MSE added to the KL")
-    calib: str | None = Field(None, description="text source; None: the pruning run's calibration text")
-    seed: int = DEFAULT_SEED
-    gradient_checkpointing: bool = True
+    calib: str | None = Field(None, description="text source (default: the pruning run's calibration text)")
+    seed: int = Field(DEFAULT_SEED, description="window sampling seed")
+    gradient_checkpointing: bool = Field(True, description="recompute activations in the backward pass")
 
     @model_validator(mode="after")
     def _holdout_leaves_training(self) -> DistillOptions:
