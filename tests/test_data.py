@@ -656,3 +656,54 @@ def test_packaged_corpora() -> None:
 
     texts = [source_text(s) for s in (brown, brown_test, sotu, shakespeare)]
     assert len({t[:5000] for t in texts}) == 4  # four distinct corpora
+
+
+def test_bos_per_window_puts_one_bos_at_the_start_of_every_window(tokenizer) -> None:
+    from hyperprune.data import bos_per_window
+
+    bos = tokenizer.bos_token_id
+    assert bos_per_window(tokenizer, "auto") is True  # this tokenizer adds <s>, as Llama's and Gemma's do
+    assert bos_per_window(tokenizer, "off") is False
+    text = source(numbered("t", 100))
+    plain = evaluation_windows(tokenizer, text, 10)
+    windows = evaluation_windows(tokenizer, text, 10, bos=True)
+    assert windows.shape[1] == 10 and torch.all(windows[:, 0] == bos) and (windows[:, 1:] == bos).sum() == 0
+    # Every text token is predicted once: the windows hold the stream without its own BOS, in order.
+    assert torch.equal(windows[:, 1:].reshape(-1), plain.reshape(-1)[1 : 1 + windows[:, 1:].numel()])
+    calib = calibration_windows(tokenizer, text, 5, 10, seed=0, bos=True)
+    assert calib.shape == (5, 10) and torch.all(calib[:, 0] == bos) and (calib[:, 1:] == bos).sum() == 0
+    # Off: exactly the windows of the default protocol.
+    assert torch.equal(calibration_windows(tokenizer, text, 5, 10, seed=0, bos=False), calibration_windows(tokenizer, text, 5, 10, 0))
+
+
+def test_bos_per_window_on_needs_a_bos_and_room(tokenizer) -> None:
+    from hyperprune.data import bos_per_window
+
+    class NoBos:
+        bos_token_id = None
+
+    assert bos_per_window(NoBos(), "auto") is False
+    with pytest.raises(HyperpruneError, match="no BOS token"):
+        bos_per_window(NoBos(), "on")
+    with pytest.raises(HyperpruneError, match="no room for text"):
+        evaluation_windows(tokenizer, source(numbered("t", 100)), 1, bos=True)
+
+
+def test_cli_bos_per_window_on_without_a_bos_is_one_line(tmp_path, capsys) -> None:
+    from conftest import tiny_model, tiny_tokenizer
+    from hyperprune.cli import main
+
+    directory = tmp_path / "tiny"
+    tiny_model("llama").save_pretrained(directory)
+    tiny_tokenizer().save_pretrained(directory)  # no BOS token
+    text = tmp_path / "t.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog " * 50)
+    capsys.readouterr()  # what saving the model printed
+    assert main(["eval", "--model", str(directory), "--eval", str(text), "--seqlen", "16", "--bos-per-window", "on", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no BOS token" in err and len(err.splitlines()) == 1
+    out = tmp_path / "e.json"
+    assert main(["eval", "--model", str(directory), "--eval", str(text), "--seqlen", "16", "--quiet", "--json", str(out)]) == 0
+    import json
+
+    assert json.loads(out.read_text())["bos_per_window"] is False

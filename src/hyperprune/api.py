@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from hyperprune.config import DEFAULT_EVAL, MAX_DEFAULT_SEQLEN, PruneConfig, ZeroShotOptions
-from hyperprune.data import BOS_PER_WINDOW, calibration_windows, evaluation_windows, load_text_source
+from hyperprune.data import bos_per_window, calibration_windows, evaluation_windows, load_text_source
 from hyperprune.engine import LayerwiseResult, PeakMemory, run_layerwise
 from hyperprune.engine.blocks import BlockStore, StreamedBlocks
 from hyperprune.engine.checkpoint import RunCheckpoint, partial_dir_for
@@ -144,16 +144,17 @@ def load_for(config: PruneConfig, trust_remote_code: bool = False) -> tuple[Load
 
 def calibration_ids(loaded: LoadedModel, config: PruneConfig, seqlen: int) -> torch.Tensor:
     source = load_text_source(config.calib)
-    return calibration_windows(loaded.tokenizer, source, config.nsamples, seqlen, config.seed)
+    bos = bos_per_window(loaded.tokenizer, config.bos_per_window)
+    return calibration_windows(loaded.tokenizer, source, config.nsamples, seqlen, config.seed, bos)
 
 
-def eval_ids(loaded: LoadedModel, eval_source: str, seqlen: int, eval_windows: int | None) -> torch.Tensor:
+def eval_ids(loaded: LoadedModel, eval_source: str, seqlen: int, eval_windows: int | None, bos: bool = False) -> torch.Tensor:
     if eval_windows is not None and eval_windows <= 0:
         raise HyperpruneError(f"--eval-windows {eval_windows} must be a positive number of windows")
-    return evaluation_windows(loaded.tokenizer, load_text_source(eval_source), seqlen, eval_windows)
+    return evaluation_windows(loaded.tokenizer, load_text_source(eval_source), seqlen, eval_windows, bos)
 
 
-def base_report(config: PruneConfig, seqlen: int, device: torch.device) -> dict[str, Any]:
+def base_report(config: PruneConfig, seqlen: int, device: torch.device, bos: bool) -> dict[str, Any]:
     return {
         "model": config.model,
         "method": config.method,
@@ -165,7 +166,7 @@ def base_report(config: PruneConfig, seqlen: int, device: torch.device) -> dict[
         "calib": config.calib,
         "device": str(device),
         "dtype": config.dtype,
-        "bos_per_window": BOS_PER_WINDOW,
+        "bos_per_window": bos,
         "config": json.loads(config.model_dump_json()),
         "versions": library_versions(),
         "environment": environment(),
@@ -267,8 +268,9 @@ def prune(
     loaded, store, reader = _open_model(config, output, trust_remote_code)
     seqlen = resolve_seqlen(config.seqlen, loaded.model.config)
     calib = calibration_ids(loaded, config, seqlen)
-    evaluation = eval_ids(loaded, eval_source, seqlen, eval_windows) if eval_source else None
-    report = base_report(config, seqlen, device)
+    bos = bos_per_window(loaded.tokenizer, config.bos_per_window)
+    evaluation = eval_ids(loaded, eval_source, seqlen, eval_windows, bos) if eval_source else None
+    report = base_report(config, seqlen, device, bos)
     report["streamed"] = store is not None
 
     dense_ppl = None
@@ -317,6 +319,7 @@ def evaluate(
     progress: bool = True,
     trust_remote_code: bool = False,
     zeroshot: ZeroShotOptions | None = None,
+    bos: str = "auto",
 ) -> dict[str, Any]:
     """Perplexity on ``eval_source`` and/or zero-shot accuracy on ``zeroshot.tasks`` of a model
     (a built-in name, a directory, e.g. a pruned output, or a hub id)."""
@@ -328,10 +331,11 @@ def evaluate(
     out: dict[str, Any] = {"model": model, "device": str(dev)}
     if eval_source is not None:
         seqlen = resolve_seqlen(seqlen, loaded.model.config)
-        windows = eval_ids(loaded, eval_source, seqlen, eval_windows)
+        with_bos = bos_per_window(loaded.tokenizer, bos)
+        windows = eval_ids(loaded, eval_source, seqlen, eval_windows, with_bos)
         result = evaluate_perplexity(loaded.model, windows, dev, progress)
         out.update({"eval": eval_source, "seqlen": seqlen, "tokens": result.tokens, "ppl": result.ppl,
-                    "windows": result.windows, "nll": result.nll, "bos_per_window": BOS_PER_WINDOW})
+                    "windows": result.windows, "nll": result.nll, "bos_per_window": with_bos})
     if specs is not None:
         out["zeroshot"] = json.loads(zeroshot.model_dump_json())
         out.update(run_zeroshot(loaded.model, loaded.tokenizer, specs, zeroshot, dev, progress))
@@ -375,7 +379,8 @@ def compare(
     device = resolve_device(config.device)
     loaded, seqlen = load_for(config, trust_remote_code)
     calib = calibration_ids(loaded, config, seqlen)
-    evaluations = {source: eval_ids(loaded, source, seqlen, eval_windows) for source in eval_sources}
+    bos = bos_per_window(loaded.tokenizer, config.bos_per_window)
+    evaluations = {source: eval_ids(loaded, source, seqlen, eval_windows, bos) for source in eval_sources}
     primary = evaluations[eval_sources[0]]
     originals = {name: w.detach().clone() for name, w in prunable_weights(loaded.model, loaded).items()}
 
@@ -390,7 +395,7 @@ def compare(
         "seed": config.seed,
         "eval_windows": int(primary.shape[0]),
         "eval_tokens": int(primary.shape[0] * (seqlen - 1)),
-        "bos_per_window": BOS_PER_WINDOW,
+        "bos_per_window": bos,
         "methods": {},
         "config": json.loads(config.model_dump_json()),
         "versions": library_versions(),

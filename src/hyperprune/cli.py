@@ -38,6 +38,8 @@ def _add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="compute device (default: cuda if available, else cpu)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="weight dtype (default: float32)")
     p.add_argument("--seqlen", type=int, default=None, help="tokens per window (default: model context, capped at 2048)")
+    p.add_argument("--bos-per-window", default=PruneConfig.model_fields["bos_per_window"].default, choices=["auto", "on", "off"],
+                   help="a BOS at the start of every window; auto: when the tokenizer adds one by default (default: auto)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off by default)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or info logs")
 
@@ -280,6 +282,7 @@ def _config(args: argparse.Namespace, method: str) -> PruneConfig:
             on_nan=args.on_nan,
             offload_to_disk=args.offload_to_disk,
             stream=getattr(args, "stream", None),
+            bos_per_window=args.bos_per_window,
             sparsegpt=SparseGPTOptions(percdamp=args.percdamp, blocksize=args.blocksize, refit=args.sparsegpt_refit,
                                        lstsq_damp=args.sparsegpt_lstsq_damp),
             hyperprune=_hyperprune_options(args),
@@ -369,6 +372,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         trust_remote_code=args.trust_remote_code,
         zeroshot=zeroshot,
+        bos=args.bos_per_window,
     )
     if "ppl" in result:
         print(f"{result['model']}  {result['eval']}  seqlen {result['seqlen']}  tokens {result['tokens']}  PPL {result['ppl']:.4f}")

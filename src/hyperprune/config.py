@@ -304,6 +304,9 @@ class PruneConfig(BaseModel):
         None, description="stream blocks from safetensors shards; None: when the model is a local safetensors checkpoint"
     )
     on_nan: Literal["error", "skip"] = Field("error", description="on NaN/Inf: stop, or keep that block dense")
+    bos_per_window: Literal["auto", "on", "off"] = Field(
+        "auto", description="a BOS at the start of every calibration and evaluation window; auto: when the tokenizer adds one"
+    )
     sparsegpt: SparseGPTOptions = Field(default_factory=SparseGPTOptions)
     hyperprune: HyperPruneOptions = Field(default_factory=HyperPruneOptions)
     ria: RIAOptions = Field(default_factory=RIAOptions)

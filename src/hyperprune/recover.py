@@ -68,7 +68,9 @@ def distill(
     if seqlen <= 0:
         raise HyperpruneError("the report records no seqlen; pass --seqlen")
     calib = options.calib or report.get("calib")
-    ids = calibration_windows(student.tokenizer, load_text_source(calib), options.nsamples, seqlen, options.seed)
+    # The pruning run's window protocol: a BOS per window if it used one.
+    ids = calibration_windows(student.tokenizer, load_text_source(calib), options.nsamples, seqlen, options.seed,
+                              bool(report.get("bos_per_window", False)))
     train_ids, held_out_ids = ids[: -options.holdout], ids[-options.holdout :]
     result = distill_masked(student.model, dense.model, masks, train_ids, held_out_ids, options,
                             resolve_device(device), progress)

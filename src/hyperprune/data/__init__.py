@@ -13,6 +13,8 @@ from hyperprune.data.sources import (
 from hyperprune.data.windows import (
     BOS_PER_WINDOW,
     DOCUMENT_SEPARATOR,
+    BosMode,
+    bos_per_window,
     calibration_windows,
     evaluation_windows,
     source_text,
@@ -22,7 +24,9 @@ from hyperprune.data.windows import (
 
 __all__ = [
     "BOS_PER_WINDOW",
+    "BosMode",
     "DOCUMENT_SEPARATOR",
+    "bos_per_window",
     "TextSource",
     "available_sources",
     "cache_dir",
