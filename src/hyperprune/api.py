@@ -34,6 +34,7 @@ from hyperprune.models import LoadedModel, context_length, decoder_blocks, load_
 from hyperprune.models.architectures import torch_dtype
 from hyperprune.models.loading import can_stream, load_skeleton, resolve_model
 from hyperprune.models.shards import ShardReader
+from hyperprune.apply_masks import apply_masks  # noqa: F401  (hyperprune apply-masks)
 from hyperprune.recover import distill  # noqa: F401  (hyperprune distill)
 from hyperprune.report import environment, library_versions
 from hyperprune.utils import resolve_device

@@ -244,6 +244,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", default=None, metavar="DIR", help="write PNG plots and report.md of the comparison to DIR")
     add_distill_parser(sub)
 
+    p = sub.add_parser("apply-masks", help="apply a run's saved masks to another copy of the model's weights")
+    p.add_argument("--model", required=True, help="the weights to mask: built-in name, local directory/.gguf, or hub id")
+    p.add_argument("--masks", required=True, help="masks.safetensors of a prune run (its report.json beside it gives the pattern)")
+    p.add_argument("--output", required=True, help="directory to write the masked model, masks and report to")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="weight dtype (default: float32)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output directory")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off by default)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or info logs")
+
     p = sub.add_parser("make-random-model", help="write a random-weight checkpoint with a known model's shapes")
     from hyperprune.models.random_model import PRESETS
 
@@ -455,8 +464,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_apply_masks(args: argparse.Namespace) -> int:
+    from hyperprune.api import apply_masks
+
+    report = apply_masks(args.model, args.masks, args.output, args.dtype, args.overwrite, args.trust_remote_code)
+    print(f"masked {len(report['layers'])} matrices of {args.model} (sparsity {report['global_sparsity']:.3f}"
+          + (f", {report['pattern']} valid: {report['nm_valid']}" if "nm_valid" in report else "") + f"); wrote {args.output}")
+    return 0
+
+
 COMMANDS = {
     "prune": cmd_prune,
+    "apply-masks": cmd_apply_masks,
     "distill": cmd_distill,
     "eval": cmd_eval,
     "verify": cmd_verify,
