@@ -1,6 +1,6 @@
 """hyperprune: prune LLMs to hardware-friendly n:m semi-structured sparsity."""
 
-from hyperprune.api import compare, evaluate, prune
+from hyperprune.api import apply_masks, compare, distill, evaluate, export_compact, load_pretrained, prune
 from hyperprune.config import NMPattern, PruneConfig, SparseGPTOptions, SparsityTarget, ZeroShotOptions
 from hyperprune.errors import HyperpruneError
 from hyperprune.eval import evaluate_perplexity
@@ -15,8 +15,12 @@ __all__ = [
     "SparseGPTOptions",
     "SparsityTarget",
     "ZeroShotOptions",
+    "apply_masks",
     "compare",
+    "distill",
     "evaluate",
+    "export_compact",
+    "load_pretrained",
     "evaluate_perplexity",
     "prune",
     "register_method",

@@ -35,6 +35,7 @@ from hyperprune.models.architectures import torch_dtype
 from hyperprune.models.loading import can_stream, load_skeleton, resolve_model
 from hyperprune.models.shards import ShardReader
 from hyperprune.apply_masks import apply_masks  # noqa: F401  (hyperprune apply-masks)
+from hyperprune.compact import export_compact, load_pretrained  # noqa: F401  (hyperprune export)
 from hyperprune.recover import distill  # noqa: F401  (hyperprune distill)
 from hyperprune.report import environment, library_versions
 from hyperprune.utils import resolve_device

@@ -244,6 +244,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", default=None, metavar="DIR", help="write PNG plots and report.md of the comparison to DIR")
     add_distill_parser(sub)
 
+    p = sub.add_parser("export", help="write a pruned output in another format (compact: kept values and positions)")
+    p.add_argument("directory", help="output directory of 'hyperprune prune'")
+    p.add_argument("--format", required=True, choices=["compact"], help="compact: n:m values + 2-bit positions (m = 4) or bitmasks")
+    p.add_argument("--output", required=True, help="directory to write")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output directory")
+
     p = sub.add_parser("apply-masks", help="apply a run's saved masks to another copy of the model's weights")
     p.add_argument("--model", required=True, help="the weights to mask: built-in name, local directory/.gguf, or hub id")
     p.add_argument("--masks", required=True, help="masks.safetensors of a prune run (its report.json beside it gives the pattern)")
@@ -473,8 +479,20 @@ def cmd_apply_masks(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from hyperprune.api import export_compact
+
+    manifest = export_compact(args.directory, args.output, args.overwrite)
+    size = manifest["bytes"]
+    print(f"compact {manifest['pattern']}: {size['compact'] / 2**20:.1f} MiB against {size['source_safetensors'] / 2**20:.1f} MiB "
+          f"({size['ratio']:.3f}x)" + (f"; stored dense: {len(manifest['stored_dense'])}" if manifest["stored_dense"] else "")
+          + f"; wrote {args.output} (load with hyperprune.load_pretrained)")
+    return 0
+
+
 COMMANDS = {
     "prune": cmd_prune,
+    "export": cmd_export,
     "apply-masks": cmd_apply_masks,
     "distill": cmd_distill,
     "eval": cmd_eval,

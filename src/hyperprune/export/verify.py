@@ -11,6 +11,7 @@ from safetensors import safe_open
 from hyperprune.config import NMPattern
 from hyperprune.errors import HyperpruneError
 from hyperprune.export.checkpoint import MASKS_FILE, REPORT_FILE, load_masks, weight_files
+from hyperprune.export.compact import MANIFEST_FILE, read_compact
 from hyperprune.masks import count_nm_violations, sparsity_of
 
 
@@ -38,6 +39,8 @@ def verify_checkpoint(directory: str | Path, pattern: str | None = None) -> Veri
     directory = Path(directory)
     if not directory.is_dir():
         raise HyperpruneError(f"'{directory}' is not a directory; give the --output directory of a prune run")
+    if (directory / MANIFEST_FILE).is_file():
+        return _verify_compact(directory, pattern)
     report_path = directory / REPORT_FILE
     report = json.loads(report_path.read_text()) if report_path.is_file() else {}
     pattern = pattern or report.get("pattern")
@@ -71,4 +74,19 @@ def verify_checkpoint(directory: str | Path, pattern: str | None = None) -> Veri
         )
     if not masks:
         result.problems.append("the mask file lists no pruned matrices")
+    return result
+
+
+def _verify_compact(directory: Path, pattern: str | None) -> VerifyResult:
+    """A compact checkpoint keeps exactly n of every m by construction; decompress and check anyway
+    (the matrices it had to store dense are checked as they are)."""
+    manifest, state = read_compact(directory)
+    nm = NMPattern.parse(pattern or manifest["pattern"])
+    result = VerifyResult(pattern=str(nm))
+    for name, entry in manifest["tensors"].items():
+        if entry["kind"] != "dense" or name in manifest["stored_dense"]:
+            weight = state[name]
+            result.layers.append(LayerCheck(name, count_nm_violations(weight, nm.n, nm.m), 0, sparsity_of(weight)))
+    if not result.layers:
+        result.problems.append("the compact checkpoint holds no pruned matrices")
     return result
