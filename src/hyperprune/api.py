@@ -38,6 +38,7 @@ from hyperprune.apply_masks import apply_masks  # noqa: F401  (hyperprune apply-
 from hyperprune.compact import export_compact, load_pretrained  # noqa: F401  (hyperprune export)
 from hyperprune.recover import distill  # noqa: F401  (hyperprune distill)
 from hyperprune.report import environment, library_versions
+from hyperprune.sparse import accelerate, kernel_backend
 from hyperprune.utils import resolve_device
 
 log = logging.getLogger(__name__)
@@ -322,6 +323,7 @@ def evaluate(
     trust_remote_code: bool = False,
     zeroshot: ZeroShotOptions | None = None,
     bos: str = "auto",
+    sparse_kernels: str | None = None,
 ) -> dict[str, Any]:
     """Perplexity on ``eval_source`` and/or zero-shot accuracy on ``zeroshot.tasks`` of a model
     (a built-in name, a directory, e.g. a pruned output, or a hub id)."""
@@ -329,8 +331,12 @@ def evaluate(
         raise HyperpruneError("nothing to evaluate; give --eval SOURCE for perplexity and/or --tasks LIST for zero-shot accuracy")
     dev = resolve_device(device)
     specs = resolve_tasks(zeroshot) if zeroshot is not None else None
+    if sparse_kernels is not None:
+        kernel_backend(sparse_kernels)  # no usable GPU: fail before loading anything
     loaded = load_model(model, dtype, trust_remote_code)
     out: dict[str, Any] = {"model": model, "device": str(dev)}
+    if sparse_kernels is not None:
+        out["sparse_kernels"] = accelerate(loaded.model.to(dev), sparse_kernels).as_dict()
     if eval_source is not None:
         seqlen = resolve_seqlen(seqlen, loaded.model.config)
         with_bos = bos_per_window(loaded.tokenizer, bos)

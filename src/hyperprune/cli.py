@@ -224,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="perplexity and zero-shot accuracy of a model")
     _add_model(p)
+    p.add_argument("--sparse-kernels", nargs="?", const="auto", default=None, choices=["auto", "cusparselt", "cutlass"],
+                   help="run exactly-2:4 linears on 2:4 kernels (CUDA, fp16/bf16; backend default auto)")
     _add_eval(p, None)
     p.set_defaults(eval_default=DEFAULT_EVAL)
     _add_tasks(p, "--batch-size")
@@ -243,6 +245,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, metavar="FILE", help="write the comparison as JSON (ppl is on the first --eval source)")
     p.add_argument("--plot", default=None, metavar="DIR", help="write PNG plots and report.md of the comparison to DIR")
     add_distill_parser(sub)
+
+    p = sub.add_parser("bench-speed", help="dense vs 2:4 kernel time per projection and end to end (NVIDIA GPU)")
+    p.add_argument("--backend", default="auto", choices=["auto", "cusparselt", "cutlass"], help="2:4 kernel backend (default: auto)")
+    p.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"], help="(default: float16)")
+    p.add_argument("--runs", type=int, default=50, help="timed runs per measurement, after warm-up (default: 50)")
+    p.add_argument("--model", default=None, help="also time end-to-end prefill of this pruned output directory")
+    p.add_argument("--json", default=None, metavar="FILE", help="write the measurements as JSON")
 
     p = sub.add_parser("export", help="write a pruned output in another format (compact: kept values and positions)")
     p.add_argument("directory", help="output directory of 'hyperprune prune'")
@@ -388,6 +397,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         trust_remote_code=args.trust_remote_code,
         zeroshot=zeroshot,
         bos=args.bos_per_window,
+        sparse_kernels=args.sparse_kernels,
     )
     if "ppl" in result:
         print(f"{result['model']}  {result['eval']}  seqlen {result['seqlen']}  tokens {result['tokens']}  PPL {result['ppl']:.4f}")
@@ -490,8 +500,41 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_speed(args: argparse.Namespace) -> int:
+    from hyperprune.sparse import bench_prefill, bench_projections, kernel_backend
+
+    try:
+        kernel_backend(args.backend)
+    except HyperpruneError as exc:  # no GPU: nothing to measure, and that is not an error
+        print(f"bench-speed: {exc}")
+        return 0
+    import torch
+
+    from hyperprune.api import write_json
+    from hyperprune.report import environment, library_versions
+
+    dtype = getattr(torch, args.dtype)
+    rows = bench_projections(args.backend, dtype, args.runs)
+    table = [[r["model"], "x".join(map(str, r["shape"])), r["phase"], f"{r['dense_ms']:.4f}",
+              "-" if r["sparse_ms"] is None else f"{r['sparse_ms']:.4f}", "-" if r["speedup"] is None else f"{r['speedup']:.2f}x"]
+             for r in rows]
+    _print_table(["model", "out x in", "tokens", "dense ms", "2:4 ms", "speedup"], table)
+    result = {"gpu": torch.cuda.get_device_name(), "projections": rows, "versions": library_versions(), "environment": environment()}
+    if args.model:
+        from hyperprune.models import load_model
+
+        model = load_model(args.model, args.dtype).model.to("cuda")
+        result["prefill"] = bench_prefill(model, min(2048, int(model.config.max_position_embeddings)), args.backend)
+        print(f"prefill {result['prefill']['tokens']} tokens: dense {result['prefill']['dense_ms']:.2f} ms, 2:4 "
+              f"{result['prefill']['sparse_ms']:.2f} ms ({result['prefill']['speedup']:.2f}x)")
+    if args.json:
+        write_json(args.json, result)
+    return 0
+
+
 COMMANDS = {
     "prune": cmd_prune,
+    "bench-speed": cmd_bench_speed,
     "export": cmd_export,
     "apply-masks": cmd_apply_masks,
     "distill": cmd_distill,
