@@ -22,7 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from hyperprune.engine.blocks import BlockStore, ModelBlocks
-from hyperprune.engine.capture import activation_buffer, capture_block_inputs, to_device
+from hyperprune.engine.capture import activation_buffer, capture_block_inputs, to_device_shared
 from hyperprune.engine.checkpoint import RunCheckpoint, _fault_point
 from hyperprune.engine.dense_stream import PairedInputs, apply_dense_target, check_dense_target
 from hyperprune.engine.reconstruct import reconstruct_block
@@ -330,7 +330,8 @@ def run_layerwise(
         resuming = checkpoint is not None and checkpoint.has_progress()
         captured = capture_block_inputs(model, layout, input_ids[:1] if resuming else input_ids, device, offload,
                                         None if resuming else activation_dir)
-    kwargs = to_device(captured.kwargs, device)
+    memo: dict[int, Any] = {}  # a tensor shared by several blocks' arguments moves once
+    block_kwargs = [to_device_shared(captured.for_block(i), device, memo) for i in range(num_blocks)]
 
     layer_records: list[LayerRecord] = []
     block_records: list[BlockRecord] = []
@@ -364,14 +365,14 @@ def run_layerwise(
         start = time.perf_counter()
         block = store.load(index).to(device)
         try:
-            outcome = _prune_block(index, num_blocks, block, layout, method, inputs, outputs, kwargs, device, offload,
-                                   dense_stream)
+            outcome = _prune_block(index, num_blocks, block, layout, method, inputs, outputs, block_kwargs[index], device,
+                                   offload, dense_stream)
         except NonFiniteError as exc:
             if on_nan != "skip":
                 raise
             log.warning("block %d kept dense: %s", index, str(exc).split(";")[0])
             skipped.append({"block": index, "reason": str(exc).split(";")[0]})
-            outcome = _dense_block(index, block, layout, inputs, outputs, kwargs, device, offload, dense_stream)
+            outcome = _dense_block(index, block, layout, inputs, outputs, block_kwargs[index], device, offload, dense_stream)
         layer_records.extend(outcome.layers)
         block_records.append(BlockRecord(index, outcome.rel_error, time.perf_counter() - start,
                                          outcome.rel_update_error, outcome.info, outcome.rel_dense_error))

@@ -47,6 +47,13 @@ ARCHITECTURES: dict[str, BlockLayout] = {
     "mistral": LLAMA_LAYOUT,
     "qwen2": LLAMA_LAYOUT,
     "qwen3": LLAMA_LAYOUT,
+    # Same module names; they differ in norms, attention windows and rotary tables, which the
+    # engine replays per block (each block gets its own recorded arguments).
+    "gemma": LLAMA_LAYOUT,
+    "gemma2": LLAMA_LAYOUT,
+    "gemma3_text": LLAMA_LAYOUT,
+    "olmo2": LLAMA_LAYOUT,
+    "granite": LLAMA_LAYOUT,
 }
 
 
