@@ -249,7 +249,7 @@ def test_gumbel_gradient_with_checkpointing_equals_the_gradient_without():
     def gradient(checkpoint_groups):
         method = get_method("hyperprune")(config)
         method.checkpoint_groups = checkpoint_groups
-        network = method._build_network(features.shape[1], 6, 3)
+        network = method._build_network(features.shape[1], 6, 3, 7)
         torch.nn.init.normal_(network.last.weight, generator=torch.Generator().manual_seed(1))
         keep = method._full_relaxed_mask(network, 1, problem, patterns, None, 0.5, 0.0,
                                          torch.Generator().manual_seed(7))

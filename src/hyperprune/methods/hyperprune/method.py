@@ -54,10 +54,10 @@ class HyperPrune(PruningMethod):
         return self.options.refit
 
     # ---------------------------------------------------------------- state
-    def _build_network(self, in_features: int, num_patterns: int, num_layers: int) -> HyperNetwork:
+    def _build_network(self, in_features: int, num_patterns: int, num_layers: int, num_components: int) -> HyperNetwork:
         generator = torch.Generator().manual_seed(self.config.seed)
-        self.shape = (in_features, num_patterns, num_layers)
-        self.network = HyperNetwork(in_features, num_patterns, num_layers, self.options, generator)
+        self.shape = (in_features, num_patterns, num_layers, num_components)
+        self.network = HyperNetwork(in_features, num_patterns, num_layers, self.options, generator, num_components)
         return self.network
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -96,13 +96,14 @@ class HyperPrune(PruningMethod):
             stats = ctx.statistics[role]
             if id(stats) not in shared_inputs:
                 shared_inputs[id(stats)] = input_terms(stats, self.config, pattern.m, f"block {ctx.index} {role}")
+            # One component embedding per role of the block (the paper's 7 for LLaMA-style blocks).
             problem = build_problem(role, linear.weight, stats, shared_inputs[id(stats)], ctx.target, opts.prior,
-                                    patterns, self.config)
+                                    patterns, self.config, component=list(ctx.linears).index(role))
             self._refresh(problem, problem.current_keep)
             problems[role] = problem
         in_features = obj.feature_width(opts.features, pattern.n, pattern.m)
         if self.network is None:
-            self._build_network(in_features, patterns.shape[0], ctx.num_blocks)
+            self._build_network(in_features, patterns.shape[0], ctx.num_blocks, len(ctx.linears))
         network = self.network.to(device)
         generator = torch.Generator(device=device).manual_seed(self.config.seed * 1_000_003 + ctx.index)
 

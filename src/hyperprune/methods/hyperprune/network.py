@@ -19,7 +19,7 @@ class HyperNetwork(nn.Module):
     """
 
     def __init__(self, in_features: int, num_patterns: int, num_layers: int, options: HyperPruneOptions,
-                 generator: torch.Generator | None = None) -> None:
+                 generator: torch.Generator | None = None, num_components: int = len(COMPONENTS)) -> None:
         super().__init__()
         width, dim = options.hidden_dim, options.embed_dim
         self.first = nn.Linear(in_features, width)
@@ -32,7 +32,7 @@ class HyperNetwork(nn.Module):
             self.layer_embedding = nn.Parameter(_embedding_init(num_layers, dim, options.embed_init, generator))
             self.layer_projection = nn.Linear(dim, width, bias=False)
         if options.component_embedding:
-            self.component_embedding = nn.Parameter(_embedding_init(len(COMPONENTS), dim, options.embed_init, generator))
+            self.component_embedding = nn.Parameter(_embedding_init(num_components, dim, options.embed_init, generator))
             self.component_projection = nn.Linear(dim, width, bias=False)
         for layer in [self.first, *self.hidden]:
             nn.init.kaiming_uniform_(layer.weight, a=5**0.5, generator=generator)

@@ -167,7 +167,8 @@ def pattern_index(keep: torch.Tensor, patterns: torch.Tensor) -> torch.Tensor:
 
 
 def build_problem(role: str, weight: torch.Tensor, stats: InputStatistics, terms: InputTerms,
-                  target: SparsityTarget, prior: str, patterns: torch.Tensor, config: PruneConfig) -> LayerProblem:
+                  target: SparsityTarget, prior: str, patterns: torch.Tensor, config: PruneConfig,
+                  component: int | None = None) -> LayerProblem:
     """Everything per layer that stays fixed while the hypernetwork trains (until a refresh)."""
     pattern = target.pattern
     W = weight.detach().float()
@@ -181,7 +182,7 @@ def build_problem(role: str, weight: torch.Tensor, stats: InputStatistics, terms
     second_moment = terms.mean.pow(2) + terms.variance  # E[x_j²]
     return LayerProblem(
         role=role,
-        component=COMPONENTS.index(role),
+        component=COMPONENTS.index(role) if component is None else component,
         weight=W,
         values=W,
         base=None,
