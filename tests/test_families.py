@@ -83,3 +83,102 @@ def test_prune_verify_and_reload_every_family(tmp_path, tokenizer, calib_file, m
         reloaded = AutoModelForCausalLM.from_pretrained(out)
         weight = reloaded.model.layers[1].mlp.down_proj.weight
         assert float((weight == 0).float().mean()) == pytest.approx(0.5, abs=1e-6)
+
+
+# ---------------------------------------------------------------- discovered layouts
+from hyperprune.models import layout_of  # noqa: E402
+
+DISCOVERED = {
+    "phi3": dict(pad_token_id=0),  # fused qkv_proj and gate_up_proj
+    "opt": dict(ffn_dim=128, word_embed_proj_dim=64, pad_token_id=1, bos_token_id=0, eos_token_id=0),
+    "gpt_neox": dict(pad_token_id=0, bos_token_id=0, eos_token_id=0),
+}
+
+
+def discovered_model(model_type: str):
+    return tiny_model(model_type, **DISCOVERED[model_type])
+
+
+@pytest.mark.parametrize("model_type", sorted(DISCOVERED))
+def test_discovered_layouts_pass_through_exactly(model_type):
+    model = discovered_model(model_type)
+    layout = layout_of(model)
+    assert layout.input_groups is None and layout.final_norm
+    with torch.no_grad():
+        expected = model(input_ids=ids(), use_cache=False).logits
+    result = run_layerwise(model, layout, get_method("dense")(PruneConfig(method="dense")), ids(), CPU, progress=False)
+    with torch.no_grad():
+        got = model.get_output_embeddings()(model.get_submodule(layout.final_norm)(result.final_hidden))
+    assert float((got - expected).abs().max()) <= 1e-4
+
+
+def test_discovery_finds_fused_roles_and_shared_inputs():
+    from hyperprune.engine.layerwise import discover_input_groups
+
+    expected = {
+        "phi3": ({"qkv": "self_attn.qkv_proj", "o": "self_attn.o_proj", "gate_up": "mlp.gate_up_proj", "down": "mlp.down_proj"},
+                 (("qkv",), ("o",), ("gate_up",), ("down",))),
+        "opt": ({"k": "self_attn.k_proj", "v": "self_attn.v_proj", "q": "self_attn.q_proj", "o": "self_attn.out_proj",
+                 "up": "fc1", "down": "fc2"}, (("k", "v", "q"), ("o",), ("up",), ("down",))),
+        "gpt_neox": ({"qkv": "attention.query_key_value", "o": "attention.dense", "up": "mlp.dense_h_to_4h",
+                      "down": "mlp.dense_4h_to_h"}, (("qkv",), ("o",), ("up",), ("down",))),
+    }
+    for model_type, (components, groups) in expected.items():
+        model = discovered_model(model_type)
+        layout = layout_of(model)
+        assert layout.components == components, model_type
+        captured = capture_block_inputs(model, layout, ids(1), CPU, CPU)
+        block = model.get_submodule(layout.layers)[0]
+        found = discover_input_groups(block, layout, lambda h: block(h, **captured.for_block(0)), captured.hidden[0:1])
+        assert set(found) == set(groups), model_type
+
+
+@pytest.mark.parametrize("model_type", sorted(DISCOVERED))
+def test_prune_verify_and_reload_discovered_families(tmp_path, tokenizer, calib_file, model_type):
+    from transformers import AutoModelForCausalLM
+
+    from hyperprune.export.checkpoint import load_masks
+
+    directory = tmp_path / model_type
+    discovered_model(model_type).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    for method, flags in (("wanda", []), ("sparsegpt", ["--stream"])):
+        out = tmp_path / f"{model_type}-{method}"
+        assert main(["prune", "--model", str(directory), "--method", method, "--calib", str(calib_file), "--nsamples", "4",
+                     "--seqlen", "32", "--output", str(out), "--quiet", *flags]) == 0
+        assert main(["verify", str(out)]) == 0
+        masks = load_masks(out / "masks.safetensors")
+        weights = dict(AutoModelForCausalLM.from_pretrained(out).named_parameters())
+        assert len(masks) == 3 * len(layout_of(discovered_model(model_type)).components)
+        for name in masks:
+            assert float((weights[name] == 0).float().mean()) == pytest.approx(0.5, abs=1e-6), name
+
+
+def test_refusals_name_what_was_found(tmp_path):
+    from transformers import AutoConfig
+
+    from hyperprune.errors import HyperpruneError
+    from hyperprune.models.architectures import check_decoder_config
+
+    for model_type, extra, message in (
+        ("bert", {}, "encoder-only"),
+        ("t5", {}, "encoder-decoder"),
+        ("mixtral", dict(num_local_experts=4), "mixture-of-experts"),
+        ("qwen3_moe", dict(num_experts=4), "mixture-of-experts"),
+    ):
+        with pytest.raises(HyperpruneError, match=message):
+            check_decoder_config(AutoConfig.for_model(model_type, **extra))
+
+
+def test_hyperprune_learns_one_embedding_per_discovered_role(tmp_path, tokenizer, calib_file):
+    directory = tmp_path / "phi3"
+    discovered_model("phi3").save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    out = tmp_path / "phi3-hyperprune"
+    assert main(["prune", "--model", str(directory), "--method", "hyperprune", "--steps", "3", "--calib", str(calib_file),
+                 "--nsamples", "4", "--seqlen", "32", "--output", str(out), "--quiet"]) == 0
+    assert main(["verify", str(out)]) == 0
+    import json
+
+    report = json.loads((out / "report.json").read_text())
+    assert sorted({layer["component"] for layer in report["layers"]}) == ["down", "gate_up", "o", "qkv"]

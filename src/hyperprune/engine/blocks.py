@@ -121,9 +121,18 @@ class StreamedBlocks:
 
     @contextmanager
     def embedding(self) -> Iterator[None]:
-        embed = self.model.get_submodule(self.layout.embed)
-        materialize(embed, self.layout.embed, self.reader, self.dtype)
+        """Inside: what runs before the first block (embeddings, learned positions) is real."""
+        inner_path = self.layout.layers.rsplit(".", 1)[0]
+        inner = self.model.get_submodule(inner_path)
+        blocks = decoder_blocks(self.model, self.layout)
+        paths = [f"{inner_path}.{name}" for name, child in inner.named_children()
+                 if child is not blocks and any(True for _ in child.parameters())]
+        if self.layout.embed not in paths:
+            paths.append(self.layout.embed)
+        for path in paths:
+            materialize(self.model.get_submodule(path), path, self.reader, self.dtype)
         try:
             yield
         finally:
-            free(embed)
+            for path in paths:
+                free(self.model.get_submodule(path))

@@ -159,7 +159,11 @@ def capture_block_inputs(
     rotary modules visit ``device``."""
     blocks = decoder_blocks(model, layout)
     inner = model.get_submodule(layout.layers.rsplit(".", 1)[0])
-    on_device = [model.get_submodule(layout.embed)] + [m for name, m in inner.named_children() if "rotary" in name]
+    # Everything the model runs before its first block (embeddings, learned positions, rotary
+    # tables) and nothing of the blocks.
+    on_device = [child for child in inner.children() if child is not blocks]
+    if all(model.get_submodule(layout.embed) is not child for child in on_device):
+        on_device.append(model.get_submodule(layout.embed))
     for module in on_device:
         module.to(device)
     hidden = None

@@ -10,6 +10,7 @@ block is written out (and resumable) before the next one is loaded.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -111,6 +112,39 @@ class _ErrorMeter:
     @property
     def relative(self) -> float:
         return self.num / self.den if self.den > 0 else 0.0
+
+
+@torch.no_grad()
+def discover_input_groups(block: nn.Module, layout: BlockLayout, forward, sample: torch.Tensor) -> tuple[tuple[str, ...], ...]:
+    """Which of the block's Linears receive the very same input tensor, from hooks on one real
+    forward (q, k and v usually do; so do gate and up). The inputs are held until the end, so a
+    freed tensor's memory cannot be mistaken for another's."""
+    linears = block_linears(block, layout)
+    seen: dict[str, torch.Tensor] = {}
+    def record(role: str):
+        def hook(module, args, output) -> None:  # returns None: a forward hook's result would replace the output
+            seen.setdefault(role, args[0])
+
+        return hook
+
+    handles = [lin.register_forward_hook(record(role)) for role, lin in linears.items()]
+    try:
+        forward(sample)
+    finally:
+        for handle in handles:
+            handle.remove()
+    groups: list[list[str]] = []
+    for role in linears:
+        if role not in seen:
+            raise HyperpruneError(f"component {role} ({layout.components[role]}) was never called in a forward of the "
+                                  "block; hyperprune cannot gather its statistics")
+        for group in groups:
+            if seen[group[0]] is seen[role]:
+                group.append(role)
+                break
+        else:
+            groups.append([role])
+    return tuple(tuple(g) for g in groups)
 
 
 def _statistics_for(
@@ -364,6 +398,10 @@ def run_layerwise(
     for index in bar:
         start = time.perf_counter()
         block = store.load(index).to(device)
+        if layout.input_groups is None:  # a discovered layout: find the shared inputs once
+            groups = discover_input_groups(block, layout, lambda h: block(h, **block_kwargs[index]),
+                                           inputs[0:1].to(device))
+            layout = dataclasses.replace(layout, input_groups=groups)
         try:
             outcome = _prune_block(index, num_blocks, block, layout, method, inputs, outputs, block_kwargs[index], device,
                                    offload, dense_stream)

@@ -5,7 +5,9 @@ from hyperprune.models.architectures import (
     block_linears,
     context_length,
     decoder_blocks,
+    discover_layout,
     layout_for,
+    layout_of,
     prunable_weight_names,
 )
 from hyperprune.models.loading import BUILTIN_MODELS, LoadedModel, load_model, resolve_model
@@ -19,7 +21,9 @@ __all__ = [
     "block_linears",
     "context_length",
     "decoder_blocks",
+    "discover_layout",
     "layout_for",
+    "layout_of",
     "load_model",
     "prunable_weight_names",
     "resolve_model",

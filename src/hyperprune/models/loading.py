@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from hyperprune.errors import HyperpruneError
-from hyperprune.models.architectures import BlockLayout, layout_for, torch_dtype
+from hyperprune.models.architectures import BlockLayout, check_decoder_config, layout_of, torch_dtype
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def load_model(spec: str, dtype: str = "float32", trust_remote_code: bool = Fals
 
     source = resolve_model(spec)
     config = load_config(source, trust_remote_code)
-    layout = layout_for(config.model_type)
+    check_decoder_config(config)
     kwargs = dict(gguf_file=source.gguf_file, trust_remote_code=trust_remote_code)
     try:
         model = AutoModelForCausalLM.from_pretrained(source.path, dtype=torch_dtype(dtype), **kwargs)
@@ -121,7 +121,7 @@ def load_model(spec: str, dtype: str = "float32", trust_remote_code: bool = Fals
     model.config.use_cache = False
     if source.gguf_file:
         detach_gguf_quantizer(model)
-    return LoadedModel(model, tokenizer, source, layout)
+    return LoadedModel(model, tokenizer, source, layout_of(model))
 
 
 def detach_gguf_quantizer(model: nn.Module) -> None:
@@ -148,7 +148,7 @@ def load_skeleton(spec: str, dtype: str = "float32", trust_remote_code: bool = F
 
     source = resolve_model(spec)
     config = load_config(source, trust_remote_code)
-    layout = layout_for(config.model_type)
+    check_decoder_config(config)
     with init_empty_weights():
         skeleton = AutoModelForCausalLM.from_config(config, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code)
     skeleton.eval()
@@ -157,4 +157,4 @@ def load_skeleton(spec: str, dtype: str = "float32", trust_remote_code: bool = F
         tokenizer = AutoTokenizer.from_pretrained(source.path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
         raise HyperpruneError(f"could not load the tokenizer of '{spec}': {' '.join(str(exc).split())[:200]}") from exc
-    return LoadedModel(skeleton, tokenizer, source, layout)
+    return LoadedModel(skeleton, tokenizer, source, layout_of(skeleton))
