@@ -155,8 +155,8 @@ def capture_block_inputs(
     activation_dir: Path | None = None,
 ) -> BlockInputs:
     """Run the embedding and mask/position preparation for each sample and record the first
-    block's inputs, and (from the first sample) every block's arguments. Only the embedding and
-    rotary modules visit ``device``."""
+    block's inputs, and (from the first sample) every block's arguments. Only what runs before
+    the blocks (embeddings, position tables) visits ``device``."""
     blocks = decoder_blocks(model, layout)
     inner = model.get_submodule(layout.layers.rsplit(".", 1)[0])
     # Everything the model runs before its first block (embeddings, learned positions, rotary
