@@ -133,34 +133,34 @@ class MaskProOptions(BaseModel):
     baseline_decay: float = Field(0.9, ge=0, lt=1, description="moving average of the baseline, from the prior's loss")
 
 
-class MaskLLMOptions(BaseModel):
-    """MaskLLM's settings (small models only): end to end on the LM loss, weights frozen."""
+class EndToEndOptions(BaseModel):
+    """What every method trained end to end on the whole model's LM loss shares."""
 
     model_config = ConfigDict(frozen=True)
 
     steps: int = Field(100, ge=0, description="optimizer steps on the whole model")
     batch_size: int = Field(1, gt=0, description="calibration windows per step")
+    max_memory_gib: float = Field(8.0, gt=0, description="refuse models whose learned state would need more")
+
+
+class MaskLLMOptions(EndToEndOptions):
+    """MaskLLM's settings (small models only): end to end on the LM loss, weights frozen."""
+
     lr: float = Field(0.05, gt=0, description="Adam learning rate of the pattern logits")
     tau0: float = Field(1.0, gt=0, description="initial Gumbel-Softmax temperature")
     tau_final: float = Field(0.05, gt=0, description="final temperature (linear anneal)")
     logit_scale: float = Field(1.0, gt=0, description="κ: the logits are scaled by κ before the noise is added")
     init_scale: float = Field(3.0, ge=0, description="prior: logit of a pattern = this × its overlap with the one-shot mask / n")
     prior: Literal["sparsegpt", "wanda", "magnitude"] = Field("sparsegpt", description="the one-shot mask the logits start from")
-    max_memory_gib: float = Field(8.0, gt=0, description="refuse models whose mask state would need more")
 
 
-class ProxSparseOptions(BaseModel):
+class ProxSparseOptions(EndToEndOptions):
     """ProxSparse's settings (small models only): end to end on the LM loss, weights trained
     under a regularizer that is zero exactly on n:m groups; the mask is read off at the end."""
 
-    model_config = ConfigDict(frozen=True)
-
-    steps: int = Field(100, ge=0, description="optimizer steps on the whole model")
-    batch_size: int = Field(1, gt=0, description="calibration windows per step")
     lr: float = Field(1e-4, gt=0, description="Adam learning rate of the weights")
     lambda_sparse: float = Field(3.0, ge=0, description="λ1 of the n:m regularizer, ramped from 0 (its proximal step shrinks by λ1·lr per unit of gradient)")
     lambda_close: float = Field(1.0, ge=0, description="λ2 of ‖W − W0‖², relative to ‖W0‖²")
-    max_memory_gib: float = Field(8.0, gt=0, description="refuse models whose trained copy would need more")
 
 
 HYPERNET_FEATURES = ("weight", "wanda", "saliency", "hdiag", "hinv", "coupling", "delta", "hblock")

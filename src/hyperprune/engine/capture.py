@@ -168,6 +168,7 @@ def capture_block_inputs(
         module.to(device)
     hidden = None
     recorded: list[dict[str, Any]] | None = None
+    recorded_first: dict[str, Any] = {}  # block 0's arguments, when not every block's could be recorded
     try:
         for index in range(input_ids.shape[0]):
             ids = input_ids[index : index + 1].to(device)
@@ -179,8 +180,7 @@ def capture_block_inputs(
                     recorded = None  # the model works on the hidden state between blocks: block 0's for all
             if state is None:
                 state, first_kwargs = _first_block_call(inner, blocks[0], ids)
-                if index == 0:
-                    recorded_first = first_kwargs
+                recorded_first = recorded_first or first_kwargs
             if hidden is None:
                 shape = (input_ids.shape[0], *state.shape[1:])
                 hidden = activation_buffer(shape, state.dtype, offload_device, activation_dir, "inputs")

@@ -50,19 +50,21 @@ class PairedInputs:
         """Inside: a forward on the dense stream pairs each group's input with the recorded one."""
         return self._hooked(lambda head, x: self.cross[head].add(x, self._pruned.pop(head)))
 
-    def for_role(self, role: str) -> CrossStatistics:
-        return self.cross[self.members[role]]
-
 
 def apply_dense_target(
     linears: dict[str, nn.Linear], statistics: dict[str, InputStatistics], paired: PairedInputs, damp_fraction: float
 ) -> None:
-    """Replace every linear's weights by W̃, the target that folds in the dense trajectory."""
+    """Replace every linear's weights by W̃, the target that folds in the dense trajectory. The
+    layers of one input group share H and C: their rows are stacked and solved in one go."""
+    groups: dict[str, list[str]] = {}
+    for role in linears:
+        groups.setdefault(paired.members[role], []).append(role)
     with torch.no_grad():
-        for role, linear in linears.items():
-            target = dense_target_weight(linear.weight, statistics[role].hessian(), paired.for_role(role).cross(),
-                                         damp_fraction)
-            linear.weight.copy_(target.to(linear.weight.dtype))
+        for head, roles in groups.items():
+            stacked = torch.cat([linears[role].weight for role in roles])
+            target = dense_target_weight(stacked, statistics[head].hessian(), paired.cross[head].cross(), damp_fraction)
+            for role, rows in zip(roles, target.split([linears[r].weight.shape[0] for r in roles])):
+                linears[role].weight.copy_(rows.to(linears[role].weight.dtype))
 
 
 def check_dense_target(method) -> None:

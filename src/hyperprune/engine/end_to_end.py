@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from hyperprune.engine.masked_training import activation_checkpointing
 from hyperprune.engine.reconstruct import window_order
+from hyperprune.errors import HyperpruneError
 
 
 @dataclass
@@ -109,3 +110,15 @@ def train_end_to_end(
             param.requires_grad_(flags[name])
     return EndToEndReport(len(losses), len(losses) * min(batch_size, calib_ids.shape[0]) * calib_ids.shape[1],
                           time.perf_counter() - start, losses)
+
+
+def check_mask_memory(method: str, prunable: int, m: int, floats_per_group: int, copies: int, limit_gib: float,
+                      what: str) -> None:
+    """Refuse, in one line, a model whose learned-mask state would exceed the limit."""
+    need = mask_memory_bytes(prunable, m, floats_per_group, copies)
+    if need > limit_gib * 2**30:
+        raise HyperpruneError(
+            f"{method} keeps {what}, {copies} copies (values, gradient, Adam's two moments, one more): about "
+            f"{need / 2**30:.1f} GiB for this model's {prunable / 1e6:.0f}M prunable weights, above the limit of "
+            f"{limit_gib:g} GiB (--{method}-max-memory-gib); use a smaller model or raise the limit"
+        )

@@ -16,8 +16,7 @@ import math
 
 import torch
 
-from hyperprune.engine.end_to_end import mask_memory_bytes, train_end_to_end
-from hyperprune.errors import HyperpruneError
+from hyperprune.engine.end_to_end import check_mask_memory, train_end_to_end
 from hyperprune.masks import nm_patterns
 from hyperprune.methods.base import register_method
 from hyperprune.methods.whole_model import WholeModelMasks, one_shot_masks
@@ -77,15 +76,3 @@ class MaskLLM(WholeModelMasks):
                                  "first_loss": report.losses[0] if report.losses else None,
                                  "last_loss": report.losses[-1] if report.losses else None}
         return {name: patterns[logits[name].detach().argmax(dim=1)].bool().reshape(params[name].shape).cpu() for name in names}
-
-
-def check_mask_memory(method: str, prunable: int, m: int, floats_per_group: int, copies: int, limit_gib: float,
-                      what: str) -> None:
-    """Refuse, in one line, a model whose learned-mask state would exceed the limit."""
-    need = mask_memory_bytes(prunable, m, floats_per_group, copies)
-    if need > limit_gib * 2**30:
-        raise HyperpruneError(
-            f"{method} keeps {what}, {copies} copies (values, gradient, Adam's two moments, one more): about "
-            f"{need / 2**30:.1f} GiB for this model's {prunable / 1e6:.0f}M prunable weights, above the limit of "
-            f"{limit_gib:g} GiB (--{method}-max-memory-gib); use a smaller model or raise the limit"
-        )

@@ -19,10 +19,9 @@ import itertools
 
 import torch
 
-from hyperprune.engine.end_to_end import train_end_to_end
+from hyperprune.engine.end_to_end import check_mask_memory, train_end_to_end
 from hyperprune.masks import nm_mask_from_scores
 from hyperprune.methods.base import register_method
-from hyperprune.methods.maskllm import check_mask_memory
 from hyperprune.methods.whole_model import WholeModelMasks
 from hyperprune.models.architectures import prunable_weight_names
 
