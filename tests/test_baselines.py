@@ -270,3 +270,91 @@ def test_proxsparse_drives_groups_to_nm_and_beats_magnitude_on_its_data():
     assert all(m.reshape(-1, 4).sum(dim=1).eq(2).all() for m in masks.values())
     magnitude = one_shot_masks("magnitude", method.config, model, layout, ids, cpu)
     assert _calibration_lm_loss(model, masks, ids) < _calibration_lm_loss(model, magnitude, ids)
+
+
+# ---------------------------------------------------------------- RIA channel permutation
+import itertools  # noqa: E402
+
+from hyperprune.methods.permutation import _placement_gain, balanced_allocation, kept_score, nm_channel_permutation  # noqa: E402
+
+
+def test_kept_score_is_the_sum_of_the_top_n_of_each_group():
+    scores = torch.tensor([[4.0, 1.0, 3.0, 2.0, 0.0, 0.5, 9.0, 1.0]])
+    assert kept_score(scores, 2, 4) == pytest.approx(4 + 3 + 9 + 1)
+    assert kept_score(scores, 1, 4) == pytest.approx(4 + 9)
+
+
+def test_placement_gain_matches_brute_force():
+    torch.manual_seed(0)
+    scores = torch.rand(5, 12)
+    remaining = torch.tensor([[0, 1, 2], [4, 5, 6], [8, 9, 10]])
+    candidates = torch.tensor([3, 7, 11])
+    for n in (1, 2, 3):
+        gain = _placement_gain(scores, remaining, candidates, n, chunk=2)
+        for i, j in itertools.product(range(3), range(3)):
+            group = scores[:, torch.cat([remaining[j], candidates[i : i + 1]])]
+            assert gain[i, j] == pytest.approx(float(group.topk(n, dim=1).values.sum()), rel=1e-5)
+
+
+def test_permutation_is_valid_and_finds_the_optimum_when_the_identity_crowds_channels():
+    # Two heavy channels per group of four but only two heavy channels kept: the identity keeps
+    # the heavy pairs together in groups 0 and 1, so spreading them keeps strictly more.
+    scores = torch.full((6, 16), 0.1)
+    scores[:, :4] = 5.0
+    scores[:, 4:8] = 4.0
+    perm = nm_channel_permutation(scores, 1, 4)
+    assert sorted(perm.tolist()) == list(range(16))
+    assert kept_score(scores[:, perm], 1, 4) == pytest.approx(6 * (5.0 * 4))  # one 5.0 in each of the four groups
+    assert kept_score(scores[:, perm], 1, 4) > kept_score(scores, 1, 4)
+
+
+def test_permutation_never_keeps_less_than_the_identity_and_brute_force_bounds_it():
+    torch.manual_seed(1)
+    for _ in range(5):
+        scores = torch.rand(3, 8) ** 3
+        perm = nm_channel_permutation(scores, 2, 4)
+        assert kept_score(scores[:, perm], 2, 4) >= kept_score(scores, 2, 4) - 1e-6
+        # The best split of 8 channels into two groups of four (70 ways / 2) bounds what any search keeps.
+        best = max(kept_score(scores[:, list(a) + [c for c in range(8) if c not in a]], 2, 4)
+                   for a in itertools.combinations(range(8), 4))
+        assert kept_score(scores[:, perm], 2, 4) <= best + 1e-6
+        assert sorted(balanced_allocation(scores, 4).tolist()) == list(range(8))
+
+
+def test_ria_permute_is_folded_exactly_and_apply_masks_repeats_it(tmp_path, tiny_model_dir, calib_file):
+    plain, permuted = tmp_path / "plain", tmp_path / "permuted"
+    common = ["--model", str(tiny_model_dir), "--method", "ria", "--calib", str(calib_file), "--nsamples", "4",
+              "--seqlen", "32", "--no-stream", "--quiet"]
+    assert main(["prune", *common, "--output", str(plain)]) == 0
+    assert main(["prune", *common, "--ria-permute", "--output", str(permuted)]) == 0
+    assert main(["verify", str(permuted)]) == 0
+    assert all("channel_permutation" not in b["info"] for b in json.loads((plain / "report.json").read_text())["blocks"])
+    report = json.loads((permuted / "report.json").read_text())
+    notes = [b["info"]["channel_permutation"]["down"] for b in report["blocks"]]
+    moved = [note for note in notes if note["permuted"]]
+    assert moved, notes
+    for note in moved:
+        assert note["kept_score_after"] > note["kept_score_before"]
+        assert note["output_change"] < 1e-5  # the dense block's function is unchanged by the fold
+    assert report["nm_valid"]
+    # The masks of the permuted run line up with the source weights only after the same fold.
+    out = tmp_path / "again"
+    assert main(["apply-masks", "--model", str(tiny_model_dir), "--masks", str(permuted / "masks.safetensors"),
+                 "--output", str(out)]) == 0
+    again = json.loads((out / "report.json").read_text())
+    assert again["channel_permutations"] == len(moved) and again["nm_valid"]
+    from hyperprune.models import load_model
+    reference, rebuilt = load_model(str(permuted)).model.state_dict(), load_model(str(out)).model.state_dict()
+    for name, tensor in reference.items():
+        if "mlp" in name:
+            assert torch.equal(tensor == 0, rebuilt[name] == 0), name
+            # wanda/ria keep weights: where kept, the values are the source's, in the permuted order
+            assert torch.equal(tensor, rebuilt[name]), name
+
+
+def test_ria_permute_flag_is_a_switch():
+    from hyperprune.cli import build_parser
+    parser = build_parser()
+    assert parser.parse_args(["prune", "--output", "o", "--ria-permute"]).ria_permute is True
+    assert parser.parse_args(["prune", "--output", "o", "--no-ria-permute"]).ria_permute is False
+    assert parser.parse_args(["prune", "--output", "o"]).ria_permute is False

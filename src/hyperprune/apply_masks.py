@@ -16,7 +16,8 @@ from hyperprune.export.checkpoint import MASKS_FILE, REPORT_FILE, load_masks
 from hyperprune.export.output_dir import atomic_output_dir
 from hyperprune.export.shards import write_json_file
 from hyperprune.masks import count_nm_violations, sparsity_of
-from hyperprune.models import load_model, prunable_weight_names
+from hyperprune.methods.ria import permute_channels
+from hyperprune.models import block_linears, decoder_blocks, load_model, prunable_weight_names
 from hyperprune.report import environment, library_versions
 
 
@@ -34,6 +35,27 @@ def _check_masks_fit(masks: dict[str, torch.Tensor], params: dict[str, torch.Ten
     if missing:
         raise HyperpruneError(f"the masks cover {len(masks)} of the model's {len(expected)} prunable matrices "
                               f"({missing[0]} has none); were they made for a model with fewer blocks?")
+
+
+def apply_channel_permutations(model, layout, pruned_with: dict[str, Any]) -> int:
+    """Fold the channel permutations the source run made (``--ria-permute``, recorded in its
+    report) into this copy of the weights, so that its masks line up. Returns how many."""
+    blocks = decoder_blocks(model, layout)
+    count = 0
+    for record in pruned_with.get("blocks", []):
+        for consumer, note in record.get("info", {}).get("channel_permutation", {}).items():
+            if not note.get("permuted"):
+                continue
+            index = record["block"]
+            if index >= len(blocks):
+                raise HyperpruneError(f"the source report permutes block {index}, but this model has {len(blocks)} blocks")
+            linears = block_linears(blocks[index], layout)
+            missing = [role for role in [consumer, *note["producers"]] if role not in linears]
+            if missing:
+                raise HyperpruneError(f"block {index} of this model has no '{missing[0]}' projection, which the source run permuted")
+            permute_channels(linears, consumer, tuple(note["producers"]), torch.tensor(note["order"], dtype=torch.long))
+            count += 1
+    return count
 
 
 def apply_masks(
@@ -55,6 +77,7 @@ def apply_masks(
     _check_masks_fit(masks, params, prunable_weight_names(loaded.model, loaded.layout), model)
     source_report = masks_file.parent / REPORT_FILE
     pruned_with = json.loads(source_report.read_text()) if source_report.is_file() else {}
+    permuted = apply_channel_permutations(loaded.model, loaded.layout, pruned_with)
     with torch.no_grad():
         for name, keep in masks.items():
             params[name].mul_(keep.to(params[name].dtype))
@@ -66,6 +89,7 @@ def apply_masks(
         "masks_from": {key: pruned_with.get(key) for key in ("model", "method", "pattern", "seed", "calib")} if pruned_with else None,
         "pattern": pattern,
         "dtype": dtype,
+        "channel_permutations": permuted,
         "global_sparsity": sum(int((params[n] == 0).sum()) for n in masks) / sum(params[n].numel() for n in masks),
         "layers": [{"name": n, "sparsity": sparsity_of(params[n])} for n in masks],
         "versions": library_versions(),

@@ -28,6 +28,10 @@ def add_option_flags(group, options: type[BaseModel], flag_prefix: str, dest_pre
             continue
         kind, choices = _flag_type(field.annotation)
         default = "" if field.default is None else f" (default: {field.default})"
+        if kind is bool:  # --x / --no-x, never --x False (which argparse would read as True)
+            group.add_argument(f"--{flag_prefix}{name.replace('_', '-')}", dest=f"{dest_prefix}{name}", default=field.default,
+                               action=argparse.BooleanOptionalAction, help=f"{field.description}{default}")
+            continue
         group.add_argument(f"--{flag_prefix}{name.replace('_', '-')}", dest=f"{dest_prefix}{name}", default=field.default,
                            type=kind, choices=choices, metavar=None if choices else name.upper(),
                            help=f"{field.description}{default}")

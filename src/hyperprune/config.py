@@ -118,6 +118,9 @@ class RIAOptions(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     power: float = Field(0.5, gt=0, description="a in ‖X_j‖^a")
+    permute: bool = Field(False, description="permute the MLP's intermediate channels before the n:m mask "
+                          "(folded exactly into gate/up rows and down columns)")
+    permute_rounds: int = Field(3, ge=0, description="rounds of linear-sum-assignment refinement of the permutation")
 
 
 class MaskProOptions(BaseModel):

@@ -217,6 +217,7 @@ def _prune_block(
                 handle.remove()
     check_finite(outputs, "output activations", index)
     _check_statistics(stats, index)
+    reordered = method.reorder_block(linears, stats, lambda: _output_change(forward, inputs, outputs, device))
     paired = _advance_dense_stream(index, block, linears, layout, method, inputs, dense_stream, forward, device, offload)
 
     dense_weights = {role: lin.weight.detach().clone() for role, lin in linears.items()}
@@ -233,6 +234,7 @@ def _prune_block(
         device=device,
         kwargs=kwargs,
         names={role: f"{layout.layers}.{index}.{layout.components[role]}.weight" for role in linears},
+        block_info=dict(reordered),
     )
     try:
         if paired is not None:
@@ -295,6 +297,14 @@ def _prune_block(
     return _BlockOutcome(masks, records, err_num / err_den if err_den > 0 else 0.0,
                          err_num / update_den if update_den > 0 else 0.0, ctx.block_info,
                          (far_num / far_den if far_den > 0 else 0.0) if dense_stream is not None else None)
+
+
+def _output_change(forward, inputs: torch.Tensor, outputs: torch.Tensor, device: torch.device) -> float:
+    """‖f(x) − y‖/‖y‖ on the first calibration window: how much a rewrite of the block changed it."""
+    with torch.no_grad():
+        now = forward(inputs[0:1].to(device))[0].float()
+        before = outputs[0].to(device).float()
+    return float((now - before).norm() / before.norm().clamp_min(1e-12))
 
 
 def _advance_dense_stream(

@@ -39,6 +39,16 @@ class InputStatistics:
         if self.kind >= StatisticsKind.HESSIAN:
             self.xxt = _add(self.xxt, x.T @ x)
 
+    def permute_inputs(self, perm: torch.Tensor) -> None:
+        """Reorder the input channels, as when the layer's columns were permuted by ``perm``."""
+        if self.sum is not None:
+            self.sum = self.sum[perm.to(self.sum.device)]
+        if self.sq_sum is not None:
+            self.sq_sum = self.sq_sum[perm.to(self.sq_sum.device)]
+        if self.xxt is not None:
+            index = perm.to(self.xxt.device)
+            self.xxt = self.xxt[index][:, index]
+
     @property
     def column_norms(self) -> torch.Tensor:
         """‖x_j‖₂ over all calibration tokens, per input channel j."""

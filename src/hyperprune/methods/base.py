@@ -62,6 +62,14 @@ class PruningMethod(ABC):
         """Called once with the dense model before the layer loop, for ``needs_whole_model``
         methods; not on a --resume that has finished blocks (their state is checkpointed)."""
 
+    def reorder_block(self, linears: dict[str, nn.Linear], statistics: dict[str, InputStatistics],
+                      probe: Any) -> dict[str, Any]:
+        """Rewrite the block into an equivalent one before it is pruned (RIA permutes the channels
+        one linear produces and another consumes). Called after the statistics are gathered and
+        before the dense weights are copied; ``probe()`` gives the block's relative output change
+        on one calibration window, to check that a rewrite is exact. Returns notes for the report."""
+        return {}
+
     def prune_block(self, ctx: BlockContext) -> dict[str, torch.Tensor]:
         """Prune the block's linears in place; return their keep-masks by role."""
         masks = {}
