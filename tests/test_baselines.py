@@ -94,6 +94,7 @@ def test_pruner_zero_refuses_to_stream(tmp_path, tiny_model_dir, calib_file, cap
 
 # ---------------------------------------------------------------- MaskPro
 from hyperprune.config import MaskProOptions  # noqa: E402
+from hyperprune.masks import nm_mask_from_scores  # noqa: E402
 from hyperprune.methods.maskpro import row_errors, sample_without_replacement, train_mask_logits  # noqa: E402
 
 
@@ -138,6 +139,23 @@ def test_policy_gradient_improves_on_a_poor_prior():
     keep, info = train_mask_logits(W, H, prior, 2, 4, options, torch.Generator().manual_seed(0))
     assert keep.view(-1, 4).sum(dim=1).eq(2).all()
     assert info["rel_error"] < 0.9 * info["prior_rel_error"] and info["changed_from_prior"] > 0
+
+
+def test_a_row_never_ends_worse_than_its_prior_even_when_the_policy_wanders():
+    # A good prior and a learning rate high enough for Adam's steps to randomize the logits:
+    # the learned mask is worse on most rows, and those rows keep the prior.
+    torch.manual_seed(0)
+    x = torch.randn(2000, 64) * torch.linspace(0.2, 3, 64)
+    H = 2 * x.T @ x / 2000
+    W = torch.randn(32, 64)
+    prior = nm_mask_from_scores(W.abs() * H.diag().sqrt(), 2, 4)
+    options = MaskProOptions(steps=10, samples=4, lr=0.5, init_scale=3.0)
+    keep, info = train_mask_logits(W, H, prior, 2, 4, options, torch.Generator().manual_seed(0))
+    assert info["learned_rel_error"] > info["prior_rel_error"]  # the wandering the guard is for
+    assert info["rows_kept_prior"] > 0
+    assert (row_errors(W, keep, H) <= row_errors(W, prior, H) * (1 + 1e-6)).all()
+    assert info["rel_error"] <= info["prior_rel_error"]
+    assert keep.view(-1, 4).sum(dim=1).eq(2).all()
 
 
 def test_maskpro_in_the_engine_is_exact_nm_and_resumes_bit_identically(tmp_path, model_dir, calib_file):

@@ -72,9 +72,17 @@ def train_mask_logits(
         (advantage.detach() * log_prob).mean(dim=0).sum().backward()
         optimizer.step()
         baseline = options.baseline_decay * baseline + (1 - options.baseline_decay) * losses.mean(dim=0)
-    final = nm_mask_from_scores(logits.detach().reshape(rows, cols), n, m)
-    end = row_errors(W, final, H) / scale
-    return final, {"prior_rel_error": float(start.mean()), "rel_error": float(end.mean()),
+    learned = nm_mask_from_scores(logits.detach().reshape(rows, cols), n, m)
+    learned_error = row_errors(W, learned, H) / scale
+    # The layer-wise loss is exact and a row's loss depends only on its own mask, so each row
+    # keeps whichever of the learned and the prior mask is better: a row never ends worse than
+    # it started. (REINFORCE with one scalar reward per row of many groups is noisy; at a high
+    # learning rate its learned mask can be worse than the prior, see the README.)
+    use_prior = start < learned_error
+    final = torch.where(use_prior.unsqueeze(1), prior.to(learned.device), learned)
+    end = torch.minimum(start, learned_error)
+    return final, {"prior_rel_error": float(start.mean()), "learned_rel_error": float(learned_error.mean()),
+                   "rel_error": float(end.mean()), "rows_kept_prior": float(use_prior.float().mean()),
                    "changed_from_prior": float((final != prior).float().mean() / 2)}
 
 
