@@ -156,6 +156,21 @@ def test_dense_target_follows_the_dense_trajectory_better():
     assert [b.rel_dense_error for b in dense.blocks][0] == pytest.approx(dense.blocks[0].rel_output_error)
 
 
+def test_dense_target_refits_only_the_group_reading_the_block_input():
+    """o, gate, up and down see the dense upstream layers' outputs in the one statistics pass, so
+    refitting them toward the dense stream as well would correct the same error twice."""
+    pruned_model, dense_model = tiny_model("llama", seed=3), tiny_model("llama", seed=3)
+    run(pruned_model, "sparsegpt")
+    run(dense_model, "sparsegpt", fit_target="dense")
+    a, b = dict(pruned_model.named_parameters()), dict(dense_model.named_parameters())
+    # Block 0: equal streams, so W̃ = W and both runs agree. Block 1 has the same pruned-stream
+    # inputs in both runs (block 0 agrees), so only q, k and v may differ there.
+    layout = layout_for("llama")
+    for role, path in layout.components.items():
+        name = f"{layout.layers}.1.{path}.weight"
+        assert torch.equal(a[name], b[name]) == (role not in ("q", "k", "v")), role
+
+
 def _distance_to_dense(final_hidden, seed):
     reference = run(tiny_model("llama", seed=seed), "dense")
     return float((final_hidden - reference.final_hidden).pow(2).sum() / reference.final_hidden.pow(2).sum())

@@ -6,6 +6,15 @@ engine keeps a second activation stream, the dense model's own hidden states, an
 block to the dense model's output at that depth: the weight-updating methods prune and refit
 W̃ (:func:`~hyperprune.engine.least_squares.dense_target_weight`), and block reconstruction trains
 toward the dense stream.
+
+Only the input group that reads the block's own input (q, k, v in LLaMA) is refitted to W̃. The
+engine gathers every layer's statistics in one pass of the dense block, so a later layer's
+pruned-stream input (o's, down's) is what the *dense* upstream layers produce; once q, k and v
+are refitted, o already receives roughly the dense stream's input, and refitting o toward W̃ as
+well corrects the same error twice. On SmolLM2-135M that double correction made every block's
+error to the dense trajectory worse than no correction (even on the calibration windows), and
+broke the massive activation block 11 writes at the first token (27.5k → 4.5k); fitting the first
+group only beat the pruned target there (README, "Recovery after pruning").
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ class PairedInputs:
         self.members = {role: group[0] for group in layout.input_groups for role in group}
         self.cross = {head: CrossStatistics(linear.in_features) for head, linear in self.heads.items()}
         self._pruned: dict[str, torch.Tensor] = {}
+        self.first_head: str | None = None  # the group whose input is the block's own (it runs first)
 
     @contextmanager
     def _hooked(self, hook) -> Iterator[None]:
@@ -44,7 +54,12 @@ class PairedInputs:
 
     def recording_pruned(self):
         """Inside: a forward on the pruned stream records each group's input."""
-        return self._hooked(lambda head, x: self._pruned.__setitem__(head, x.detach()))
+        return self._hooked(self._record)
+
+    def _record(self, head: str, x: torch.Tensor) -> None:
+        if self.first_head is None:
+            self.first_head = head
+        self._pruned[head] = x.detach()
 
     def pairing_dense(self):
         """Inside: a forward on the dense stream pairs each group's input with the recorded one."""
@@ -54,13 +69,15 @@ class PairedInputs:
 def apply_dense_target(
     linears: dict[str, nn.Linear], statistics: dict[str, InputStatistics], paired: PairedInputs, damp_fraction: float
 ) -> None:
-    """Replace every linear's weights by W̃, the target that folds in the dense trajectory. The
-    layers of one input group share H and C: their rows are stacked and solved in one go."""
-    groups: dict[str, list[str]] = {}
-    for role in linears:
-        groups.setdefault(paired.members[role], []).append(role)
+    """Replace the weights of the group that reads the block's input by W̃, the target that folds
+    in the dense trajectory (see the module docstring for why only that group). Its layers share
+    H and C: their rows are stacked and solved in one go."""
+    head = paired.first_head
+    if head is None:
+        raise RuntimeError("no pruned-stream forward was recorded before the dense target fit")
+    roles = [role for role in linears if paired.members[role] == head]
     with torch.no_grad():
-        for head, roles in groups.items():
+        if roles:
             stacked = torch.cat([linears[role].weight for role in roles])
             target = dense_target_weight(stacked, statistics[head].hessian(), paired.cross[head].cross(), damp_fraction)
             for role, rows in zip(roles, target.split([linears[r].weight.shape[0] for r in roles])):
