@@ -14,7 +14,7 @@ are refitted, o already receives roughly the dense stream's input, and refitting
 well corrects the same error twice. On SmolLM2-135M that double correction made every block's
 error to the dense trajectory worse than no correction (even on the calibration windows), and
 broke the massive activation block 11 writes at the first token (27.5k → 4.5k); fitting the first
-group only beat the pruned target there (README, "Recovery after pruning").
+group only did not (README, "Recovery after pruning").
 """
 
 from __future__ import annotations
@@ -32,8 +32,9 @@ from hyperprune.models.architectures import BlockLayout
 
 
 class PairedInputs:
-    """Pairs, sample by sample, what each input group of a block sees on the pruned stream
-    with what it sees on the dense stream, accumulating Σ x_dense x_prunedᵀ."""
+    """Pairs, sample by sample, what the block's first input group (the one that reads the block
+    input) sees on the pruned stream with what it sees on the dense stream, accumulating
+    Σ x_dense x_prunedᵀ. The other groups are hooked only to tell which one runs first."""
 
     def __init__(self, linears: dict[str, nn.Linear], layout: BlockLayout) -> None:
         self.heads = {group[0]: linears[group[0]] for group in layout.input_groups}
@@ -59,11 +60,16 @@ class PairedInputs:
     def _record(self, head: str, x: torch.Tensor) -> None:
         if self.first_head is None:
             self.first_head = head
-        self._pruned[head] = x.detach()
+        if head == self.first_head:
+            self._pruned[head] = x.detach()
 
     def pairing_dense(self):
         """Inside: a forward on the dense stream pairs each group's input with the recorded one."""
-        return self._hooked(lambda head, x: self.cross[head].add(x, self._pruned.pop(head)))
+        def pair(head: str, x: torch.Tensor) -> None:
+            if head == self.first_head:
+                self.cross[head].add(x, self._pruned.pop(head))
+
+        return self._hooked(pair)
 
 
 def apply_dense_target(
@@ -77,11 +83,10 @@ def apply_dense_target(
         raise RuntimeError("no pruned-stream forward was recorded before the dense target fit")
     roles = [role for role in linears if paired.members[role] == head]
     with torch.no_grad():
-        if roles:
-            stacked = torch.cat([linears[role].weight for role in roles])
-            target = dense_target_weight(stacked, statistics[head].hessian(), paired.cross[head].cross(), damp_fraction)
-            for role, rows in zip(roles, target.split([linears[r].weight.shape[0] for r in roles])):
-                linears[role].weight.copy_(rows.to(linears[role].weight.dtype))
+        stacked = torch.cat([linears[role].weight for role in roles])
+        target = dense_target_weight(stacked, statistics[head].hessian(), paired.cross[head].cross(), damp_fraction)
+        for role, rows in zip(roles, target.split([linears[r].weight.shape[0] for r in roles])):
+            linears[role].weight.copy_(rows.to(linears[role].weight.dtype))
 
 
 def check_dense_target(method) -> None:
