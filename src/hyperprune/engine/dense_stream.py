@@ -39,9 +39,9 @@ class PairedInputs:
     def __init__(self, linears: dict[str, nn.Linear], layout: BlockLayout) -> None:
         self.heads = {group[0]: linears[group[0]] for group in layout.input_groups}
         self.members = {role: group[0] for group in layout.input_groups for role in group}
-        self.cross = {head: CrossStatistics(linear.in_features) for head, linear in self.heads.items()}
-        self._pruned: dict[str, torch.Tensor] = {}
         self.first_head: str | None = None  # the group whose input is the block's own (it runs first)
+        self.cross: CrossStatistics | None = None  # Σ x_dense x_prunedᵀ of that group
+        self._pruned: torch.Tensor | None = None
 
     @contextmanager
     def _hooked(self, hook) -> Iterator[None]:
@@ -60,14 +60,16 @@ class PairedInputs:
     def _record(self, head: str, x: torch.Tensor) -> None:
         if self.first_head is None:
             self.first_head = head
+            self.cross = CrossStatistics(self.heads[head].in_features)
         if head == self.first_head:
-            self._pruned[head] = x.detach()
+            self._pruned = x.detach()
 
     def pairing_dense(self):
         """Inside: a forward on the dense stream pairs each group's input with the recorded one."""
         def pair(head: str, x: torch.Tensor) -> None:
             if head == self.first_head:
-                self.cross[head].add(x, self._pruned.pop(head))
+                self.cross.add(x, self._pruned)
+                self._pruned = None
 
         return self._hooked(pair)
 
@@ -84,7 +86,7 @@ def apply_dense_target(
     roles = [role for role in linears if paired.members[role] == head]
     with torch.no_grad():
         stacked = torch.cat([linears[role].weight for role in roles])
-        target = dense_target_weight(stacked, statistics[head].hessian(), paired.cross[head].cross(), damp_fraction)
+        target = dense_target_weight(stacked, statistics[head].hessian(), paired.cross.cross(), damp_fraction)
         for role, rows in zip(roles, target.split([linears[r].weight.shape[0] for r in roles])):
             linears[role].weight.copy_(rows.to(linears[role].weight.dtype))
 
