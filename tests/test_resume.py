@@ -226,10 +226,12 @@ def peak_rss_of(args: list[str]) -> int:
 
 
 def test_streaming_memory_does_not_grow_with_depth(tmp_path, tokenizer, calib_file):
-    """Each block holds 3.4M float32 weights (13.6 MB): 10 more blocks are 136 MB more model.
-    Held in memory, the peak grows by about that; streamed, it must stay nearly flat."""
+    """Each block holds 3.4M float32 weights (13.6 MB): 20 more blocks are 272 MB more model.
+    Held in memory, the peak grows by about that; streamed, it must stay nearly flat. (With 10
+    more blocks the streamed peak's run-to-run noise, one jump of about 36 MB, could reach 30% of
+    the in-memory growth.)"""
     peaks = {}
-    for layers in (2, 12):
+    for layers in (2, 22):
         directory = tmp_path / f"m{layers}"
         tiny_model("llama", num_hidden_layers=layers, hidden_size=512, intermediate_size=1536,
                    num_attention_heads=8, num_key_value_heads=8).save_pretrained(directory)
@@ -238,10 +240,10 @@ def test_streaming_memory_does_not_grow_with_depth(tmp_path, tokenizer, calib_fi
             args = ["prune", "--model", str(directory), "--method", "magnitude", "--calib", str(calib_file),
                     "--nsamples", "2", "--seqlen", "32", "--output", str(tmp_path / f"o{layers}{mode}"), "--quiet", mode]
             peaks[layers, mode] = peak_rss_of(args)
-    streamed_growth = peaks[12, "--stream"] - peaks[2, "--stream"]
-    in_memory_growth = peaks[12, "--no-stream"] - peaks[2, "--no-stream"]
+    streamed_growth = peaks[22, "--stream"] - peaks[2, "--stream"]
+    in_memory_growth = peaks[22, "--no-stream"] - peaks[2, "--no-stream"]
     mib = {k: v / 2**20 for k, v in peaks.items()}
-    assert in_memory_growth > 100 * 2**20, mib  # the measurement can see 10 blocks
+    assert in_memory_growth > 100 * 2**20, mib  # the measurement can see 20 blocks
     assert streamed_growth < 0.3 * in_memory_growth, mib
 
 
