@@ -218,6 +218,52 @@ def test_maskllm_starts_at_its_prior_and_training_lowers_the_lm_loss():
     assert trained.whole_model_info["tokens"] == 30 * 32
 
 
+def test_maskllm_read_off_at_every_step_starts_at_the_prior_and_ends_at_the_result():
+    from hyperprune.config import MaskLLMOptions, PruneConfig
+    from hyperprune.methods.maskllm import MaskLLM
+    from hyperprune.methods.whole_model import one_shot_masks
+
+    ids = torch.randint(0, 256, (8, 32), generator=torch.Generator().manual_seed(0))
+    layout, cpu = layout_for("llama"), torch.device("cpu")
+    model = tiny_model("llama")
+    method = MaskLLM(PruneConfig(method="maskllm", nsamples=8, maskllm=MaskLLMOptions(steps=4, lr=0.3)))
+    seen: dict[int, dict[str, torch.Tensor]] = {}
+    method.on_step = lambda step, read_off: seen.__setitem__(step, read_off())
+    masks = method.compute_masks(model, layout, ids, cpu, False)
+    assert sorted(seen) == [0, 1, 2, 3, 4]
+    prior = one_shot_masks("sparsegpt", method.config, model, layout, ids, cpu)
+    assert all(torch.equal(seen[0][name], prior[name]) for name in prior)
+    assert all(torch.equal(seen[4][name], masks[name]) for name in masks)
+    assert any(not torch.equal(seen[4][name], prior[name]) for name in prior)  # it did move
+
+
+def test_maskllm_curve_script_ends_at_what_compare_measures(tmp_path, tiny_model_dir, calib_file):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(benchmarks))
+    try:
+        spec = importlib.util.spec_from_file_location("maskllm_curve", benchmarks / "maskllm_curve.py")
+        curve = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(curve)
+    finally:
+        sys.path.remove(str(benchmarks))
+    flags = ["--model", str(tiny_model_dir), "--calib", str(calib_file), "--nsamples", "4", "--seqlen", "32",
+             "--pattern", "2:4", "--maskllm-steps", "3", "--maskllm-lr", "0.3", "--eval", str(calib_file),
+             "--eval-windows", "2", "--quiet"]
+    assert curve.main([*flags, "--at", "0,3", "--json", str(tmp_path / "curve.json")]) == 0
+    points = json.loads((tmp_path / "curve.json").read_text())["points"]
+    assert [p["step"] for p in points] == [0, 3] and points[1]["tokens"] == 3 * 32
+    assert points[0]["groups_changed_from_prior"] == 0 and 0 < points[1]["groups_changed_from_prior"] < 1
+    assert main(["compare", "--methods", "maskllm", *flags, "--json", str(tmp_path / "compare.json")]) == 0
+    measured = json.loads((tmp_path / "compare.json").read_text())["methods"]["maskllm"]["ppl_by_eval"]
+    assert points[1]["ppl_by_eval"][str(calib_file)] == pytest.approx(measured[str(calib_file)], rel=1e-5)
+    with pytest.raises(SystemExit):
+        curve.main([*flags, "--at", "0,9"])
+
+
 def test_maskllm_refuses_a_model_over_its_memory_limit(tmp_path, tiny_model_dir, calib_file, capsys):
     args = ["prune", "--model", str(tiny_model_dir), "--method", "maskllm", "--maskllm-max-memory-gib", "0.0001",
             "--calib", str(calib_file), "--nsamples", "2", "--seqlen", "16", "--no-stream", "--output", str(tmp_path / "o"), "--quiet"]

@@ -13,6 +13,7 @@ every step is a forward and backward pass of the whole model.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 
@@ -42,9 +43,21 @@ def soft_pattern_mask(logits: torch.Tensor, noise: torch.Tensor, tau: float, log
     return torch.softmax((logit_scale * logits + noise) / tau, dim=1) @ patterns
 
 
+def most_likely_patterns(logits: torch.Tensor, patterns: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """The hard mask of each group's most likely pattern (the read-off), in the weight's shape."""
+    return patterns[logits.detach().argmax(dim=1)].bool().reshape(shape)
+
+
+MaskSnapshot = Callable[[int, Callable[[], dict[str, torch.Tensor]]], None]
+
+
 @register_method("maskllm")
 class MaskLLM(WholeModelMasks):
     supports_unstructured = False
+    # Called with (steps done, read-off) before training and after every step, where read-off()
+    # gives the masks training would return if it stopped there: how a steps-vs-PPL curve is
+    # measured in one run (benchmarks/maskllm_curve.py). None in normal use.
+    on_step: MaskSnapshot | None = None
 
     def compute_masks(self, model, layout, calib_ids, device, progress) -> dict[str, torch.Tensor]:
         options, pattern = self.config.maskllm, self.config.target.pattern
@@ -60,6 +73,13 @@ class MaskLLM(WholeModelMasks):
         generator = torch.Generator().manual_seed(self.config.seed)
         last = max(1, options.steps - 1)
 
+        def read_off() -> dict[str, torch.Tensor]:
+            return {name: most_likely_patterns(logits[name], patterns, params[name].shape).cpu() for name in names}
+
+        def after_step(step: int) -> None:
+            if self.on_step is not None:
+                self.on_step(step + 1, read_off)
+
         def weights_for_step(step: int) -> dict[str, torch.Tensor]:
             tau = options.tau0 + (options.tau_final - options.tau0) * step / last
             out = {}
@@ -70,9 +90,12 @@ class MaskLLM(WholeModelMasks):
                 out[name] = weight * soft.reshape(weight.shape).to(weight.dtype)
             return out
 
+        if self.on_step is not None:
+            self.on_step(0, read_off)
         report = train_end_to_end(model, list(logits.values()), weights_for_step, calib_ids, options.steps, options.lr,
-                                  options.batch_size, self.config.seed, device, progress=progress, desc="MaskLLM")
+                                  options.batch_size, self.config.seed, device, after_step=after_step,
+                                  progress=progress, desc="MaskLLM")
         self.whole_model_info = {"steps": report.steps, "tokens": report.tokens, "seconds": report.seconds,
                                  "first_loss": report.losses[0] if report.losses else None,
                                  "last_loss": report.losses[-1] if report.losses else None}
-        return {name: patterns[logits[name].detach().argmax(dim=1)].bool().reshape(params[name].shape).cpu() for name in names}
+        return read_off()
