@@ -3,8 +3,14 @@ process (no downloads)."""
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+
 import pytest
 import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 TINY = dict(
     vocab_size=256,
@@ -70,3 +76,15 @@ def calib_file(tmp_path):
     path = tmp_path / "calib.txt"
     path.write_text(TOKENIZER_TEXT * 4)
     return path
+
+
+def load_benchmark(name: str):
+    """``benchmarks/NAME.py`` as a module; its imports of the folder's shared helpers resolve."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    return module

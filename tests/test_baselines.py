@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-from conftest import tiny_model
+from conftest import load_benchmark, tiny_model
 from hyperprune.cli import main
 from hyperprune.engine.gradients import weight_gradient_norms
 from hyperprune.masks import count_nm_violations
@@ -238,18 +238,7 @@ def test_maskllm_read_off_at_every_step_starts_at_the_prior_and_ends_at_the_resu
 
 
 def test_maskllm_curve_script_ends_at_what_compare_measures(tmp_path, tiny_model_dir, calib_file):
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
-    sys.path.insert(0, str(benchmarks))
-    try:
-        spec = importlib.util.spec_from_file_location("maskllm_curve", benchmarks / "maskllm_curve.py")
-        curve = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(curve)
-    finally:
-        sys.path.remove(str(benchmarks))
+    curve = load_benchmark("maskllm_curve")
     flags = ["--model", str(tiny_model_dir), "--calib", str(calib_file), "--nsamples", "4", "--seqlen", "32",
              "--pattern", "2:4", "--maskllm-steps", "3", "--maskllm-lr", "0.3", "--eval", str(calib_file),
              "--eval-windows", "2", "--quiet"]

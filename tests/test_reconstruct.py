@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from conftest import tiny_model
+from conftest import load_benchmark, tiny_model
 from hyperprune.cli import main
 from hyperprune.config import PruneConfig, ReconstructOptions, SparsityTarget
 from hyperprune.engine import run_layerwise
@@ -249,23 +249,13 @@ def test_distill_refuses_a_directory_that_is_not_a_pruned_output(tmp_path, tiny_
 
 
 def test_recovery_benchmark_runs_its_rows(tmp_path, tiny_model_dir, calib_file):
-    import importlib.util
     import json
-    import sys
-    from pathlib import Path
 
-    bench = Path(__file__).resolve().parents[1] / "benchmarks"
-    sys.path.insert(0, str(bench))
-    try:
-        spec = importlib.util.spec_from_file_location("recovery", bench / "recovery.py")
-        recovery = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(recovery)
-        out = tmp_path / "r.json"
-        assert recovery.main(["--model", str(tiny_model_dir), "--calib", str(calib_file), "--nsamples", "5", "--seqlen", "32",
-                              "--eval", str(calib_file), "--eval-windows", "2", "--reconstruct-steps", "4",
-                              "--reconstruct-holdout", "2", "--only", "0,1,5", "--quiet", "--json", str(out)]) == 0
-    finally:
-        sys.path.remove(str(bench))
+    recovery = load_benchmark("recovery")
+    out = tmp_path / "r.json"
+    assert recovery.main(["--model", str(tiny_model_dir), "--calib", str(calib_file), "--nsamples", "5", "--seqlen", "32",
+                          "--eval", str(calib_file), "--eval-windows", "2", "--reconstruct-steps", "4",
+                          "--reconstruct-holdout", "2", "--only", "0,1,5", "--quiet", "--json", str(out)]) == 0
     rows = json.loads(out.read_text())["methods"]
     assert list(rows) == ["sparsegpt", "sparsegpt +reconstruct", "sparsegpt +reconstruct --target dense"]
     assert rows["sparsegpt"]["reconstruct_seconds"] == 0 and rows["sparsegpt +reconstruct"]["reconstruct_seconds"] > 0
