@@ -253,6 +253,28 @@ def test_maskllm_curve_script_ends_at_what_compare_measures(tmp_path, tiny_model
         curve.main([*flags, "--at", "0,9"])
 
 
+def test_gradient_agreement_by_hand():
+    snr = load_benchmark("maskllm_gradient_snr")
+    a = torch.tensor([1.0, -2.0, 0.0, 3.0])
+    assert snr.agreement(a, 2 * a) == pytest.approx({"cosine": 1.0, "sign_agreement": 1.0})
+    assert snr.agreement(a, -a) == pytest.approx({"cosine": -1.0, "sign_agreement": 0.0})
+    # the zero is left out of the sign share: of the other three, two agree
+    assert snr.agreement(a, torch.tensor([1.0, 2.0, 5.0, 1.0]))["sign_agreement"] == pytest.approx(2 / 3)
+
+
+def test_maskllm_gradient_snr_script_on_a_tiny_model(tmp_path, tiny_model_dir, calib_file):
+    snr = load_benchmark("maskllm_gradient_snr")
+    flags = ["--model", str(tiny_model_dir), "--calib", str(calib_file), "--nsamples", "4", "--seqlen", "32",
+             "--pattern", "2:4", "--quiet"]
+    assert snr.main([*flags, "--sizes", "1,2", "--json", str(tmp_path / "snr.json")]) == 0
+    out = json.loads((tmp_path / "snr.json").read_text())
+    assert [s["windows_per_set"] for s in out["sets"]] == [1, 2] and len(out["losses"]) == 4
+    for row in out["sets"]:
+        assert -1 <= row["cosine"] <= 1 and 0 <= row["sign_agreement"] <= 1 and row["cosine"] != 0
+    with pytest.raises(SystemExit):  # two disjoint sets of 3 need 6 windows
+        snr.main([*flags, "--sizes", "3"])
+
+
 def test_maskllm_refuses_a_model_over_its_memory_limit(tmp_path, tiny_model_dir, calib_file, capsys):
     args = ["prune", "--model", str(tiny_model_dir), "--method", "maskllm", "--maskllm-max-memory-gib", "0.0001",
             "--calib", str(calib_file), "--nsamples", "2", "--seqlen", "16", "--no-stream", "--output", str(tmp_path / "o"), "--quiet"]
