@@ -199,6 +199,32 @@ def test_soft_pattern_mask_mixes_patterns_and_hardens_as_tau_falls():
     assert torch.allclose(hard, prior.float(), atol=1e-6)
 
 
+def test_linear_anneal_by_hand():
+    from hyperprune.methods.maskllm import linear_anneal
+
+    assert [linear_anneal(1.0, 5.0, step, 5) for step in range(5)] == [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert linear_anneal(1.0, 0.05, 0, 1) == 1.0  # a one-step run stays at the start
+
+
+def test_maskllm_anneals_kappa_when_asked(monkeypatch):
+    import hyperprune.methods.maskllm as maskllm
+    from hyperprune.cli import build_parser
+    from hyperprune.config import MaskLLMOptions, PruneConfig
+
+    args = build_parser().parse_args(["prune", "--model", "m", "--output", "o", "--maskllm-logit-scale-final", "5"])
+    assert args.maskllm_logit_scale_final == 5.0
+    ids = torch.randint(0, 256, (4, 16), generator=torch.Generator().manual_seed(0))
+    kappas: list[float] = []
+    real = maskllm.soft_pattern_mask
+    monkeypatch.setattr(maskllm, "soft_pattern_mask", lambda *a: kappas.append(a[3]) or real(*a))
+    for final, expected in ((None, [1.0, 1.0, 1.0]), (5.0, [1.0, 3.0, 5.0])):
+        kappas.clear()
+        config = PruneConfig(method="maskllm", nsamples=4, maskllm=MaskLLMOptions(steps=3, logit_scale_final=final))
+        maskllm.MaskLLM(config).compute_masks(tiny_model("llama"), layout_for("llama"), ids, torch.device("cpu"), False)
+        per_step = len(kappas) // 3  # one call per prunable weight per step
+        assert kappas[::per_step] == expected
+
+
 def test_maskllm_starts_at_its_prior_and_training_lowers_the_lm_loss():
     from hyperprune.config import MaskLLMOptions, PruneConfig
     from hyperprune.methods.maskllm import MaskLLM

@@ -153,6 +153,9 @@ class MaskLLMOptions(EndToEndOptions):
     tau0: float = Field(1.0, gt=0, description="initial Gumbel-Softmax temperature")
     tau_final: float = Field(0.05, gt=0, description="final temperature (linear anneal)")
     logit_scale: float = Field(1.0, gt=0, description="κ: the logits are scaled by κ before the noise is added")
+    logit_scale_final: float | None = Field(None, gt=0, description="κ at the last step, annealed linearly from "
+                                            "--maskllm-logit-scale, sharpening the distribution as MaskLLM's 100 → 500 "
+                                            "does; unset: κ stays constant")
     init_scale: float = Field(3.0, ge=0, description="prior: logit of a pattern = this × its overlap with the one-shot mask / n")
     prior: Literal["sparsegpt", "wanda", "magnitude"] = Field("sparsegpt", description="the one-shot mask the logits start from")
 

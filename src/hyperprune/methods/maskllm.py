@@ -1,9 +1,9 @@
 """MaskLLM (Fang et al., NeurIPS 2024), for small models: a learnable categorical distribution
 over the C(m, n) patterns of every group, trained end to end on the LM loss with the weights
 frozen. Each step draws a soft mask by Gumbel-Softmax over the patterns (temperature annealed
-linearly from τ0 to τ_f, logits scaled by κ); the logits start from a one-shot mask (SparseGPT's
-by default): a pattern's logit is ``init_scale`` × its overlap with that mask / n. The final
-mask is each group's most likely pattern.
+linearly from τ0 to τ_f; logits scaled by κ, constant or annealed linearly too); the logits start
+from a one-shot mask (SparseGPT's by default): a pattern's logit is ``init_scale`` × its overlap
+with that mask / n. The final mask is each group's most likely pattern.
 
 It is the costly upper reference for learned masks: the logits are C(m, n) floats per group
 (6 per 4 weights at 2:4), held with their gradient, Adam's two moments and the Gumbel draw, and
@@ -30,6 +30,11 @@ def logits_from_prior(prior: torch.Tensor, patterns: torch.Tensor, init_scale: f
     """[groups, C]: ``init_scale`` × (overlap of each pattern with the prior's group) / n."""
     m, n = patterns.shape[1], int(patterns[0].sum())
     return init_scale * (prior.reshape(-1, m).float() @ patterns.T.float()) / n
+
+
+def linear_anneal(start: float, final: float, step: int, steps: int) -> float:
+    """``start`` at step 0, ``final`` at the last of ``steps`` steps, linear in between (τ and κ)."""
+    return start + (final - start) * step / max(1, steps - 1)
 
 
 def gumbel_noise(shape: torch.Size, generator: torch.Generator) -> torch.Tensor:
@@ -71,7 +76,7 @@ class MaskLLM(WholeModelMasks):
         logits = {name: logits_from_prior(prior.pop(name).to(device), patterns, options.init_scale).requires_grad_(True)
                   for name in names}
         generator = torch.Generator().manual_seed(self.config.seed)
-        last = max(1, options.steps - 1)
+        kappa_final = options.logit_scale if options.logit_scale_final is None else options.logit_scale_final
 
         def read_off() -> dict[str, torch.Tensor]:
             return {name: most_likely_patterns(logits[name], patterns, params[name].shape).cpu() for name in names}
@@ -81,11 +86,12 @@ class MaskLLM(WholeModelMasks):
                 self.on_step(step + 1, read_off)
 
         def weights_for_step(step: int) -> dict[str, torch.Tensor]:
-            tau = options.tau0 + (options.tau_final - options.tau0) * step / last
+            tau = linear_anneal(options.tau0, options.tau_final, step, options.steps)
+            kappa = linear_anneal(options.logit_scale, kappa_final, step, options.steps)
             out = {}
             for name in names:
                 noise = gumbel_noise(logits[name].shape, generator).to(device)
-                soft = soft_pattern_mask(logits[name], noise, tau, options.logit_scale, patterns)
+                soft = soft_pattern_mask(logits[name], noise, tau, kappa, patterns)
                 weight = params[name].detach()
                 out[name] = weight * soft.reshape(weight.shape).to(weight.dtype)
             return out
