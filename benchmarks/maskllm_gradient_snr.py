@@ -27,8 +27,7 @@ from hyperprune.cli import _print_table
 from hyperprune.engine.end_to_end import substituted
 from hyperprune.engine.masked_training import activation_checkpointing
 from hyperprune.masks import nm_patterns
-from hyperprune.methods.maskllm import gumbel_noise, logits_from_prior, soft_pattern_mask
-from hyperprune.methods.whole_model import one_shot_masks
+from hyperprune.methods.maskllm import prior_logits, soft_masked_weights
 from hyperprune.models.architectures import prunable_weight_names
 from hyperprune.report import environment, library_versions
 from hyperprune.utils import resolve_device
@@ -55,9 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     calib = calibration_ids(loaded, config, seqlen)
     names = prunable_weight_names(model, loaded.layout)
     params = dict(model.named_parameters())
-    prior = one_shot_masks(options.prior, config, model, loaded.layout, calib, device)
     patterns = nm_patterns(pattern.n, pattern.m).to(device)
-    logits = {n: logits_from_prior(prior.pop(n).to(device), patterns, options.init_scale).requires_grad_(True) for n in names}
+    logits = prior_logits(config, model, loaded.layout, calib, device, names, patterns)
     generator = torch.Generator().manual_seed(config.seed)
     sums = {(k, half): None for k in sizes for half in (0, 1)}
     losses = []
@@ -65,11 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     model.to(device)
     with activation_checkpointing(model):
         for window in range(2 * sizes[-1]):
-            weights = {}
-            for n in names:
-                soft = soft_pattern_mask(logits[n], gumbel_noise(logits[n].shape, generator).to(device), options.tau0,
-                                         options.logit_scale, patterns)
-                weights[n] = params[n].detach() * soft.reshape(params[n].shape)
+            weights = soft_masked_weights(logits, params, patterns, options.tau0, options.logit_scale, generator, device)
             ids = calib[window:window + 1].to(device)
             with substituted(model, weights):
                 loss = model(input_ids=ids, labels=ids, use_cache=False).loss

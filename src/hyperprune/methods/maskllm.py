@@ -53,6 +53,26 @@ def most_likely_patterns(logits: torch.Tensor, patterns: torch.Tensor, shape: to
     return patterns[logits.detach().argmax(dim=1)].bool().reshape(shape)
 
 
+def prior_logits(config, model, layout, calib_ids, device, names: list[str], patterns: torch.Tensor) -> dict[str, torch.Tensor]:
+    """MaskLLM's starting point: trainable logits for every named weight, from the one-shot prior's masks."""
+    options = config.maskllm
+    prior = one_shot_masks(options.prior, config, model, layout, calib_ids, device)
+    return {name: logits_from_prior(prior.pop(name).to(device), patterns, options.init_scale).requires_grad_(True)
+            for name in names}
+
+
+def soft_masked_weights(logits: dict[str, torch.Tensor], params: dict[str, torch.Tensor], patterns: torch.Tensor,
+                        tau: float, kappa: float, generator: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
+    """Each weight times a fresh Gumbel-Softmax soft mask: what the model uses for one training step."""
+    out = {}
+    for name, group_logits in logits.items():
+        noise = gumbel_noise(group_logits.shape, generator).to(device)
+        soft = soft_pattern_mask(group_logits, noise, tau, kappa, patterns)
+        weight = params[name].detach()
+        out[name] = weight * soft.reshape(weight.shape).to(weight.dtype)
+    return out
+
+
 MaskSnapshot = Callable[[int, Callable[[], dict[str, torch.Tensor]]], None]
 
 
@@ -71,10 +91,8 @@ class MaskLLM(WholeModelMasks):
         check_mask_memory("maskllm", sum(params[name].numel() for name in names), pattern.m,
                           math.comb(pattern.m, pattern.n), _MASK_STATE_COPIES, options.max_memory_gib,
                           f"{math.comb(pattern.m, pattern.n)} float32 logits per group of {pattern.m} weights")
-        prior = one_shot_masks(options.prior, self.config, model, layout, calib_ids, device)
         patterns = nm_patterns(pattern.n, pattern.m).to(device)
-        logits = {name: logits_from_prior(prior.pop(name).to(device), patterns, options.init_scale).requires_grad_(True)
-                  for name in names}
+        logits = prior_logits(self.config, model, layout, calib_ids, device, names, patterns)
         generator = torch.Generator().manual_seed(self.config.seed)
         kappa_final = options.logit_scale if options.logit_scale_final is None else options.logit_scale_final
 
@@ -88,13 +106,7 @@ class MaskLLM(WholeModelMasks):
         def weights_for_step(step: int) -> dict[str, torch.Tensor]:
             tau = linear_anneal(options.tau0, options.tau_final, step, options.steps)
             kappa = linear_anneal(options.logit_scale, kappa_final, step, options.steps)
-            out = {}
-            for name in names:
-                noise = gumbel_noise(logits[name].shape, generator).to(device)
-                soft = soft_pattern_mask(logits[name], noise, tau, kappa, patterns)
-                weight = params[name].detach()
-                out[name] = weight * soft.reshape(weight.shape).to(weight.dtype)
-            return out
+            return soft_masked_weights(logits, params, patterns, tau, kappa, generator, device)
 
         if self.on_step is not None:
             self.on_step(0, read_off)
