@@ -36,7 +36,7 @@ test-all: install
 benchmark: install
 	$(VENV)/bin/hyperprune compare --methods dense,magnitude,wanda,sparsegpt --pattern 2:4 \
 		--nsamples 32 --seqlen 512 --eval sotu,brown-test,shakespeare --eval-windows 40 \
-		--json benchmarks/results/compare-2of4-smollm2.json
+		--json benchmarks/results/baselines/compare-2of4-smollm2.json
 
 # HyperPrune side by side with the baselines: one process per calibration seed, each writing its
 # own JSON after every method, then merged into mean and spread (about 75 minutes a seed on 2 CPU
@@ -45,25 +45,25 @@ HP_COMMON = --pattern 2:4 --nsamples 32 --seqlen 512 --eval sotu,brown-test,shak
 HP_METHODS = wanda,sparsegpt,sparsegpt+lstsq,hyperprune,hyperprune+refit
 benchmark-hyperprune: install
 	$(VENV)/bin/hyperprune compare --methods dense,$(HP_METHODS) $(HP_COMMON) --seed 0 \
-		--json benchmarks/results/compare-2of4-hp-seed0.json
+		--json benchmarks/results/hyperprune-3seed/compare-2of4-hp-seed0.json
 	for seed in 1 2; do $(VENV)/bin/hyperprune compare --methods $(HP_METHODS) $(HP_COMMON) --seed $$seed \
-		--json benchmarks/results/compare-2of4-hp-seed$$seed.json || exit 1; done
-	$(PY) benchmarks/merge_seeds.py benchmarks/results/compare-2of4-hp-seed*.json \
-		--json benchmarks/results/compare-2of4-hp-merged.json --markdown
+		--json benchmarks/results/hyperprune-3seed/compare-2of4-hp-seed$$seed.json || exit 1; done
+	$(PY) benchmarks/merge_seeds.py benchmarks/results/hyperprune-3seed/compare-2of4-hp-seed*.json \
+		--json benchmarks/results/hyperprune-3seed/compare-2of4-hp-merged.json --markdown
 
 # Dense vs pruned on the paper's seven zero-shot tasks (first ZS_LIMIT documents of each) and the
 # perplexity texts, with plots and report.md.
 ZS_LIMIT ?= 100
 benchmark-zeroshot: install
 	$(VENV)/bin/hyperprune compare --methods dense,magnitude,wanda,sparsegpt,hyperprune,hyperprune+refit $(HP_COMMON) \
-		--tasks zeroshot7 --limit $(ZS_LIMIT) --json benchmarks/results/compare-2of4-zeroshot.json \
-		--plot benchmarks/results/compare-2of4-zeroshot
+		--tasks zeroshot7 --limit $(ZS_LIMIT) --json benchmarks/results/zeroshot/compare-2of4-zeroshot.json \
+		--plot benchmarks/results/zeroshot/compare-2of4-zeroshot
 
 # Streams LLaMA-2-7B-shaped random bf16 checkpoints (8 and 32 blocks; ~17 GB of disk in SCALE_DIR).
 SCALE_DIR ?= runs/scale
 benchmark-scale: install
 	$(PY) benchmarks/scale.py --workdir $(SCALE_DIR) --methods magnitude,wanda --layers 8,32 \
-		--json benchmarks/results/scale-llama-2-7b.json
+		--json benchmarks/results/scale/scale-llama-2-7b.json
 
 clean:
 	rm -rf $(VENV) runs
