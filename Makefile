@@ -48,8 +48,8 @@ benchmark-hyperprune: install
 		--json benchmarks/results/hyperprune-3seed/compare-2of4-hp-seed0.json
 	for seed in 1 2; do $(VENV)/bin/hyperprune compare --methods $(HP_METHODS) $(HP_COMMON) --seed $$seed \
 		--json benchmarks/results/hyperprune-3seed/compare-2of4-hp-seed$$seed.json || exit 1; done
-	$(PY) benchmarks/merge_seeds.py benchmarks/results/hyperprune-3seed/compare-2of4-hp-seed*.json \
-		--json benchmarks/results/hyperprune-3seed/compare-2of4-hp-merged.json --markdown
+	$(PY) benchmarks/merge_seeds.py $(foreach s,0 1 2,benchmarks/results/hyperprune-3seed/compare-2of4-hp-seed$(s).json) \
+		--time-seeds 0 --json benchmarks/results/hyperprune-3seed/compare-2of4-hp-merged.json --markdown
 
 # Dense vs pruned on the paper's seven zero-shot tasks (first ZS_LIMIT documents of each) and the
 # perplexity texts, with plots and report.md.

@@ -1,7 +1,7 @@
 """Every supported model family on a tiny random model: pass-through error, Wanda and SparseGPT
 2:4 prunes verified and reloaded; and the cost of layout discovery on the embedded model.
 
-    python benchmarks/families.py --json benchmarks/results/families.json
+    python benchmarks/families.py --json benchmarks/results/families/families.json
 """
 
 from __future__ import annotations
@@ -15,13 +15,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from conftest import TOKENIZER_TEXT, tiny_tokenizer  # noqa: E402
-from test_families import DISCOVERED, FAMILIES, discovered_model, family_model, ids  # noqa: E402
+from hyperprune.testing import DISCOVERED, FAMILIES, TOKENIZER_TEXT, discovered_model, family_model, ids, tiny_tokenizer  # noqa: E402
 
 from hyperprune.api import write_json  # noqa: E402
 from hyperprune.cli import main as cli  # noqa: E402
-from hyperprune.config import PruneConfig  # noqa: E402
+from hyperprune.config import EngineSettings, PruneConfig  # noqa: E402
 from hyperprune.engine import run_layerwise  # noqa: E402
 from hyperprune.engine.capture import capture_block_inputs  # noqa: E402
 from hyperprune.engine.layerwise import discover_input_groups  # noqa: E402
@@ -35,7 +33,7 @@ def pass_through_error(model) -> float:
     layout = layout_of(model)
     with torch.no_grad():
         expected = model(input_ids=ids(), use_cache=False).logits
-    result = run_layerwise(model, layout, get_method("dense")(PruneConfig(method="dense")), ids(), CPU, progress=False)
+    result = run_layerwise(model, layout, get_method("dense")(PruneConfig(method="dense")), ids(), CPU, EngineSettings(), progress=False)
     with torch.no_grad():
         got = model.get_output_embeddings()(model.get_submodule(layout.final_norm or "model.norm")(result.final_hidden))
     return float((got - expected).abs().max())

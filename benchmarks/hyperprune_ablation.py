@@ -4,7 +4,7 @@ Takes the same model, pruning, HyperPrune and evaluation flags as ``hyperprune c
 every variant shares the model load, calibration windows and evaluation windows.
 
     python benchmarks/hyperprune_ablation.py --nsamples 32 --seqlen 512 \\
-        --eval sotu,brown-test,shakespeare --eval-windows 40 --json benchmarks/results/ablation.json
+        --eval sotu,brown-test,shakespeare --eval-windows 40 --json benchmarks/results/hyperprune-ablation/ablation.json
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     wanted = chosen(args, len(ABLATIONS))
     for number, (label, switch) in enumerate(ABLATIONS.items()):
         if number in wanted:
-            runs.append((label, base.model_copy(update={"hyperprune": base.hyperprune.model_copy(update=switch)})))
+            runs.append((label, base.with_options("hyperprune", **switch)))
     run_variants(args, runs)
     return 0
 

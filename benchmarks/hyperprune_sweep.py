@@ -26,10 +26,10 @@ from pathlib import Path
 import torch
 
 from hyperprune.api import load_for
-from hyperprune.config import HyperPruneOptions, PruneConfig, SparseGPTOptions
+from hyperprune.config import PruneConfig
 from hyperprune.data import calibration_windows, load_text_source
 from hyperprune.engine.capture import capture_block_inputs
-from hyperprune.engine.layerwise import _prune_block, block_output
+from hyperprune.engine.layerwise import BlockJob, block_output, prune_one_block
 from hyperprune.methods import get_method
 from hyperprune.models import decoder_blocks
 
@@ -98,7 +98,7 @@ def main() -> None:
     parser.add_argument("--nsamples", type=int, default=16)
     parser.add_argument("--heldout", type=int, default=8)
     parser.add_argument("--seqlen", type=int, default=256)
-    parser.add_argument("--out", default="benchmarks/results/hyperprune-sweep.jsonl")
+    parser.add_argument("--out", default="benchmarks/results/hyperprune-sweep/hyperprune-sweep.jsonl")
     parser.add_argument("--tag", default="")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
@@ -127,11 +127,12 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     for text in variants:
         method_name, options = parse_variant(text)
-        # Keys prefixed sparsegpt_ set SparseGPTOptions (e.g. sparsegpt:sparsegpt_refit=lstsq).
+        # Keys prefixed sparsegpt_ set SparseGPT's options (e.g. sparsegpt:sparsegpt_refit=lstsq).
         sgpt = {k.removeprefix("sparsegpt_"): v for k, v in options.items() if k.startswith("sparsegpt_")}
         hp = {k: v for k, v in options.items() if not k.startswith("sparsegpt_")}
-        config = base.model_copy(update={"method": method_name, "nsamples": args.nsamples,
-                                         "sparsegpt": SparseGPTOptions(**sgpt), "hyperprune": HyperPruneOptions(**hp)})
+        config = PruneConfig.model_validate({**base.model_dump(), "method": method_name, "nsamples": args.nsamples,
+                                             "options": {"sparsegpt": sgpt, "hyperprune": hp}})
+        settings = config.engine_settings()
         method = get_method(method_name)(config)
         inputs, held = calib.clone(), heldout.clone()
         outputs = torch.empty_like(inputs)
@@ -140,8 +141,8 @@ def main() -> None:
         for index in range(args.first, args.first + args.blocks):
             dense_block = blocks[index]
             block = copy.deepcopy(dense_block)
-            outcome = _prune_block(index, len(blocks), block, loaded.layout, method, inputs, outputs, captured.kwargs,
-                                   device, device)
+            job = BlockJob(index, len(blocks), block, loaded.layout, inputs, outputs, captured.kwargs, device, device)
+            outcome = prune_one_block(job, method, settings)
             inputs, outputs = outputs, inputs
             layer_errs.append(sum(r.rel_error for r in outcome.layers) / len(outcome.layers))
             infos.append({r.component: r.info for r in outcome.layers} | {"block": outcome.info})

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from hyperprune.export.checkpoint import MASKS_FILE, REPORT_FILE, load_masks
+from hyperprune.export.mask_files import MASKS_FILE, REPORT_FILE, load_masks
 from hyperprune.masks import nm_mask_from_scores
 from hyperprune.models import load_model, prunable_weight_names
 

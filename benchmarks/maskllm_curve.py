@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=2 python benchmarks/maskllm_curve.py --maskllm-steps 200 --at 0,25,50,100,200 \
         --pattern 2:4 --nsamples 32 --seqlen 512 --eval sotu,brown-test,shakespeare --eval-windows 40 \
-        --seed 0 --json benchmarks/results/maskllm-curve-seed0.json
+        --seed 0 --json benchmarks/results/maskllm-curve/maskllm-curve-seed0.json
 
 At each step in ``--at`` the masks MaskLLM would return if it stopped there (each group's most
 likely pattern) are applied to the frozen weights and the perplexity is measured; step 0 is the
@@ -22,9 +22,10 @@ import torch
 from variants import base_config, variant_parser
 
 from hyperprune.api import calibration_ids, eval_ids, load_for, write_json
-from hyperprune.cli import _print_table
+from hyperprune.cli.options import print_table
 from hyperprune.data import bos_per_window
-from hyperprune.engine.end_to_end import substituted
+from hyperprune.engine.whole_model_pass import whole_model_pass
+from hyperprune.numerics.end_to_end import substituted
 from hyperprune.eval.perplexity import evaluate_perplexity
 from hyperprune.methods.maskllm import MaskLLM
 from hyperprune.report import environment, library_versions
@@ -37,8 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     config = base_config(args, "maskllm")
     at = sorted({int(s) for s in args.at.split(",")})
-    if at[0] < 0 or at[-1] > config.maskllm.steps:
-        parser.error(f"--at must lie between 0 and --maskllm-steps ({config.maskllm.steps})")
+    if at[0] < 0 or at[-1] > MaskLLM(config).options.steps:
+        parser.error(f"--at must lie between 0 and --maskllm-steps ({MaskLLM(config).options.steps})")
     device = resolve_device(config.device)
     loaded, seqlen = load_for(config)
     bos = bos_per_window(loaded.tokenizer, config.bos_per_window)
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             for source, ids in windows.items():
                 ppl[source] = evaluate_perplexity(loaded.model, ids, device, progress=False).ppl
         # seconds since the method started (its one-shot prior included), evaluations excluded
-        points.append({"step": step, "tokens": step * config.maskllm.batch_size * seqlen,
+        points.append({"step": step, "tokens": step * MaskLLM(config).options.batch_size * seqlen,
                        "method_seconds": began - start - evaluating[0], "groups_changed_from_prior": changed / groups,
                        "ppl_by_eval": ppl})
         evaluating[0] += time.perf_counter() - began
@@ -77,13 +78,13 @@ def main(argv: list[str] | None = None) -> int:
 
     method = MaskLLM(config)
     method.on_step = measure
-    method.prepare(loaded.model, loaded.layout, calib, device, progress=not args.quiet)
+    method.prepare(whole_model_pass(config, loaded.model, loaded.layout, calib, device, progress=not args.quiet))
     out["whole_model_pass"] = method.whole_model_info
     out["versions"] = library_versions()
     out["environment"] = environment()
     if args.json:
         write_json(args.json, out)
-    _print_table(["step", "tokens", "groups changed", *[f"PPL {s}" for s in sources]],
+    print_table(["step", "tokens", "groups changed", *[f"PPL {s}" for s in sources]],
                  [[p["step"], p["tokens"], f"{p['groups_changed_from_prior']:.3f}", *[f"{p['ppl_by_eval'][s]:.2f}" for s in sources]]
                   for p in points])
     return 0

@@ -2,7 +2,7 @@
 of two disjoint sets of calibration windows, for sets of 1, 4, 16... windows.
 
     OMP_NUM_THREADS=2 python benchmarks/maskllm_gradient_snr.py --pattern 2:4 --nsamples 32 --seqlen 512 \
-        --sizes 1,4,16 --seed 0 --json benchmarks/results/maskllm-gradient-snr-seed0.json
+        --sizes 1,4,16 --seed 0 --json benchmarks/results/maskllm-curve/maskllm-gradient-snr-seed0.json
 
 The logits are MaskLLM's starting point (the one-shot prior, ``--maskllm-init-scale``), the soft
 masks are drawn exactly as in its first training step (Gumbel noise, temperature τ0, κ). For each
@@ -23,11 +23,12 @@ import torch
 from variants import base_config, variant_parser
 
 from hyperprune.api import calibration_ids, load_for, write_json
-from hyperprune.cli import _print_table
-from hyperprune.engine.end_to_end import substituted
-from hyperprune.engine.masked_training import activation_checkpointing
+from hyperprune.cli.options import print_table
+from hyperprune.numerics.end_to_end import substituted
+from hyperprune.numerics.masked_training import activation_checkpointing
 from hyperprune.masks import nm_patterns
-from hyperprune.methods.maskllm import prior_logits, soft_masked_weights
+from hyperprune.engine.whole_model_pass import one_shot_masks
+from hyperprune.methods.maskllm import MaskLLM, prior_logits, soft_masked_weights
 from hyperprune.models.architectures import prunable_weight_names
 from hyperprune.report import environment, library_versions
 from hyperprune.utils import resolve_device
@@ -50,12 +51,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--sizes must lie between 1 and --nsamples / 2 ({config.nsamples // 2})")
     device = resolve_device(config.device)
     loaded, seqlen = load_for(config)
-    model, options, pattern = loaded.model, config.maskllm, config.target.pattern
+    model, options, pattern = loaded.model, MaskLLM(config).options, config.target.pattern
     calib = calibration_ids(loaded, config, seqlen)
     names = prunable_weight_names(model, loaded.layout)
     params = dict(model.named_parameters())
     patterns = nm_patterns(pattern.n, pattern.m).to(device)
-    logits = prior_logits(config, model, loaded.layout, calib, device, names, patterns)
+    prior = one_shot_masks(options.prior, config, model, loaded.layout, calib, device)
+    logits = prior_logits(prior, options.init_scale, device, names, patterns)
     generator = torch.Generator().manual_seed(config.seed)
     sums = {(k, half): None for k in sizes for half in (0, 1)}
     losses = []
@@ -85,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
            "versions": library_versions(), "environment": environment()}
     if args.json:
         write_json(args.json, out)
-    _print_table(["windows per set", "tokens", "cosine", "same sign", "windows for cosine 0.5"],
+    print_table(["windows per set", "tokens", "cosine", "same sign", "windows for cosine 0.5"],
                  [[r["windows_per_set"], r["tokens_per_set"], f"{r['cosine']:.4f}", f"{r['sign_agreement']:.4f}",
                    f"{r['windows_for_cosine_0.5']:.0f}" if r["windows_for_cosine_0.5"] else "–"] for r in rows])
     return 0

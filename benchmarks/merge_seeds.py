@@ -6,8 +6,8 @@ evaluation text this reports the mean PPL over the seeds that ran it, the spread
 as a ratio to SparseGPT's median, and the largest peak RSS. A method compared with another
 counts as a tie when their means differ by less than the larger of their two ranges.
 
-    python benchmarks/merge_seeds.py benchmarks/results/compare-hp-seed{0,1,2}.json \
-        --json benchmarks/results/compare-2of4-hyperprune-seeds.json --markdown
+    python benchmarks/merge_seeds.py benchmarks/results/hyperprune-3seed/compare-2of4-hp-seed{0,1,2}.json \
+        --json benchmarks/results/hyperprune-3seed/compare-2of4-hp-merged.json --markdown
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ The reconstruction and target settings of the rows that use them come from the u
 (``--reconstruct-steps`` etc.); the plain rows always run with reconstruction off.
 
     python benchmarks/recovery.py --nsamples 32 --seqlen 512 --eval sotu,brown-test,shakespeare \\
-        --eval-windows 40 --reconstruct-steps 50 --json benchmarks/results/recovery.json
+        --eval-windows 40 --reconstruct-steps 50 --json benchmarks/results/recovery/recovery.json
 """
 
 from __future__ import annotations

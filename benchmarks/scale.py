@@ -41,7 +41,7 @@ def main() -> None:
     parser.add_argument("--methods", default="magnitude,wanda")
     parser.add_argument("--nsamples", default="4")
     parser.add_argument("--seqlen", default="256")
-    parser.add_argument("--json", type=Path, default=Path("benchmarks/results/scale-llama-2-7b.json"))
+    parser.add_argument("--json", type=Path, default=Path("benchmarks/results/scale/scale-llama-2-7b.json"))
     parser.add_argument("--extra", default="", help="more prune flags, e.g. '--steps 5' for hyperprune")
     args = parser.parse_args()
 

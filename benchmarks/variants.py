@@ -8,15 +8,16 @@ import argparse
 from typing import Any, Callable
 
 from hyperprune.api import compare, write_json
-from hyperprune.cli import _add_eval, _add_model, _add_pruning, _config, _print_table
+from hyperprune.cli.main import add_eval_flags, add_model_flags, add_pruning_flags, config_from_args
+from hyperprune.cli.options import print_table
 from hyperprune.config import DEFAULT_EVAL, PruneConfig
 
 
 def variant_parser(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
-    _add_model(parser)
-    _add_pruning(parser)
-    _add_eval(parser, DEFAULT_EVAL)
+    add_model_flags(parser)
+    add_pruning_flags(parser)
+    add_eval_flags(parser, DEFAULT_EVAL)
     parser.add_argument("--only", default=None, help="comma-separated variant numbers to run (default: all)")
     parser.add_argument("--json", default=None, help="results, rewritten after each variant")
     return parser
@@ -27,7 +28,7 @@ def chosen(args: argparse.Namespace, count: int) -> set[int]:
 
 
 def base_config(args: argparse.Namespace, method: str) -> PruneConfig:
-    return _config(args, method)
+    return config_from_args(args, method, refuse_unused=False)  # variants set every method's options
 
 
 def run_variants(args: argparse.Namespace, runs: list, extra_columns: Callable[[dict[str, Any]], list[str]] | None = None,
@@ -44,5 +45,5 @@ def run_variants(args: argparse.Namespace, runs: list, extra_columns: Callable[[
         rows.append([label, *[f"{entry['ppl_by_eval'][s]:.2f}" for s in sources],
                      f"{entry.get('mean_block_rel_update_error', 0):.4f}", f"{entry.get('prune_seconds', 0):.1f}",
                      *(extra_columns(entry) if extra_columns else [])])
-    _print_table(headers, rows)
+    print_table(headers, rows)
     return result

@@ -10,7 +10,7 @@ import torch
 
 from conftest import load_benchmark, tiny_model
 from hyperprune.cli import main
-from hyperprune.engine.gradients import weight_gradient_norms
+from hyperprune.numerics.gradients import weight_gradient_norms
 from hyperprune.masks import count_nm_violations
 from hyperprune.methods.scoring import minmax, pruner_zero_scores, ria_scores
 from hyperprune.models import layout_for
@@ -209,10 +209,14 @@ def test_linear_anneal_by_hand():
 def test_maskllm_anneals_kappa_when_asked(monkeypatch):
     import hyperprune.methods.maskllm as maskllm
     from hyperprune.cli import build_parser
+    from hyperprune.engine.whole_model_pass import whole_model_pass
     from hyperprune.config import MaskLLMOptions, PruneConfig
 
-    args = build_parser().parse_args(["prune", "--model", "m", "--output", "o", "--maskllm-logit-scale-final", "5"])
-    assert args.maskllm_logit_scale_final == 5.0
+    from hyperprune.cli.main import config_from_args
+
+    args = build_parser().parse_args(["prune", "--model", "m", "--output", "o", "--method", "maskllm",
+                                      "--maskllm-logit-scale-final", "5"])
+    assert maskllm.MaskLLM(config_from_args(args, "maskllm")).options.logit_scale_final == 5.0
     ids = torch.randint(0, 256, (4, 16), generator=torch.Generator().manual_seed(0))
     kappas: list[float] = []
     real = maskllm.soft_pattern_mask
@@ -220,7 +224,9 @@ def test_maskllm_anneals_kappa_when_asked(monkeypatch):
     for final, expected in ((None, [1.0, 1.0, 1.0]), (5.0, [1.0, 3.0, 5.0])):
         kappas.clear()
         config = PruneConfig(method="maskllm", nsamples=4, maskllm=MaskLLMOptions(steps=3, logit_scale_final=final))
-        maskllm.MaskLLM(config).compute_masks(tiny_model("llama"), layout_for("llama"), ids, torch.device("cpu"), False)
+        model = tiny_model("llama")
+        method = maskllm.MaskLLM(config)
+        method.compute_masks(whole_model_pass(config, model, layout_for("llama"), ids, torch.device("cpu"), False))
         per_step = len(kappas) // 3  # one call per prunable weight per step
         assert kappas[::per_step] == expected
 
@@ -228,17 +234,17 @@ def test_maskllm_anneals_kappa_when_asked(monkeypatch):
 def test_maskllm_starts_at_its_prior_and_training_lowers_the_lm_loss():
     from hyperprune.config import MaskLLMOptions, PruneConfig
     from hyperprune.methods.maskllm import MaskLLM
-    from hyperprune.methods.whole_model import one_shot_masks
+    from hyperprune.engine.whole_model_pass import one_shot_masks, whole_model_pass
 
     ids = torch.randint(0, 256, (8, 32), generator=torch.Generator().manual_seed(0))
     layout, cpu = layout_for("llama"), torch.device("cpu")
     model = tiny_model("llama")
     untrained = MaskLLM(PruneConfig(method="maskllm", nsamples=8, maskllm=MaskLLMOptions(steps=0)))
     prior = one_shot_masks("sparsegpt", untrained.config, model, layout, ids, cpu)
-    start = untrained.compute_masks(model, layout, ids, cpu, False)
+    start = untrained.compute_masks(whole_model_pass(untrained.config, model, layout, ids, cpu, False))
     assert all(torch.equal(start[name], prior[name]) for name in prior)
     trained = MaskLLM(PruneConfig(method="maskllm", nsamples=8, maskllm=MaskLLMOptions(steps=30, lr=0.3)))
-    masks = trained.compute_masks(model, layout, ids, cpu, False)
+    masks = trained.compute_masks(whole_model_pass(trained.config, model, layout, ids, cpu, False))
     assert all(m.reshape(-1, 4).sum(dim=1).eq(2).all() for m in masks.values())
     assert _calibration_lm_loss(model, masks, ids) < _calibration_lm_loss(model, prior, ids) - 0.5
     assert trained.whole_model_info["tokens"] == 30 * 32
@@ -247,7 +253,7 @@ def test_maskllm_starts_at_its_prior_and_training_lowers_the_lm_loss():
 def test_maskllm_read_off_at_every_step_starts_at_the_prior_and_ends_at_the_result():
     from hyperprune.config import MaskLLMOptions, PruneConfig
     from hyperprune.methods.maskllm import MaskLLM
-    from hyperprune.methods.whole_model import one_shot_masks
+    from hyperprune.engine.whole_model_pass import one_shot_masks, whole_model_pass
 
     ids = torch.randint(0, 256, (8, 32), generator=torch.Generator().manual_seed(0))
     layout, cpu = layout_for("llama"), torch.device("cpu")
@@ -255,7 +261,7 @@ def test_maskllm_read_off_at_every_step_starts_at_the_prior_and_ends_at_the_resu
     method = MaskLLM(PruneConfig(method="maskllm", nsamples=8, maskllm=MaskLLMOptions(steps=4, lr=0.3)))
     seen: dict[int, dict[str, torch.Tensor]] = {}
     method.on_step = lambda step, read_off: seen.__setitem__(step, read_off())
-    masks = method.compute_masks(model, layout, ids, cpu, False)
+    masks = method.compute_masks(whole_model_pass(method.config, model, layout, ids, cpu, False))
     assert sorted(seen) == [0, 1, 2, 3, 4]
     prior = one_shot_masks("sparsegpt", method.config, model, layout, ids, cpu)
     assert all(torch.equal(seen[0][name], prior[name]) for name in prior)
@@ -356,7 +362,7 @@ def test_proximal_shrink_leaves_nm_groups_alone_and_clips_at_zero():
 def test_proxsparse_drives_groups_to_nm_and_beats_magnitude_on_its_data():
     from hyperprune.config import ProxSparseOptions, PruneConfig
     from hyperprune.methods.proxsparse import ProxSparse
-    from hyperprune.methods.whole_model import one_shot_masks
+    from hyperprune.engine.whole_model_pass import one_shot_masks, whole_model_pass
 
     ids = torch.randint(0, 256, (8, 32), generator=torch.Generator().manual_seed(0))
     layout, cpu = layout_for("llama"), torch.device("cpu")
@@ -365,7 +371,7 @@ def test_proxsparse_drives_groups_to_nm_and_beats_magnitude_on_its_data():
     for lam in (0.0, 3.0):
         method = ProxSparse(PruneConfig(method="proxsparse", nsamples=8,
                                         proxsparse=ProxSparseOptions(steps=30, lr=1e-3, lambda_sparse=lam)))
-        masks = method.compute_masks(model, layout, ids, cpu, False)
+        masks = method.compute_masks(whole_model_pass(method.config, model, layout, ids, cpu, False))
         fractions.append(method.whole_model_info["groups_beyond_nm_before_readout"])
     assert fractions[0] == 1.0 and fractions[1] < 0.2
     assert all(m.reshape(-1, 4).sum(dim=1).eq(2).all() for m in masks.values())
@@ -455,7 +461,15 @@ def test_ria_permute_is_folded_exactly_and_apply_masks_repeats_it(tmp_path, tiny
 
 def test_ria_permute_flag_is_a_switch():
     from hyperprune.cli import build_parser
+    from hyperprune.cli.main import config_from_args
+    from hyperprune.methods import get_method
+
     parser = build_parser()
-    assert parser.parse_args(["prune", "--output", "o", "--ria-permute"]).ria_permute is True
-    assert parser.parse_args(["prune", "--output", "o", "--no-ria-permute"]).ria_permute is False
-    assert parser.parse_args(["prune", "--output", "o"]).ria_permute is False
+
+    def permute(*flags: str) -> bool:
+        args = parser.parse_args(["prune", "--output", "o", "--method", "ria", *flags])
+        return get_method("ria")(config_from_args(args, "ria")).options.permute
+
+    assert permute("--ria-permute") is True
+    assert permute("--no-ria-permute") is False
+    assert permute() is False

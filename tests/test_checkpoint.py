@@ -9,7 +9,8 @@ from safetensors.torch import save_file
 from hyperprune.api import prune
 from hyperprune.config import PruneConfig, SparsityTarget
 from hyperprune.engine import run_layerwise
-from hyperprune.export import MASKS_FILE, load_masks, save_masks, verify_checkpoint
+from hyperprune.export import MASKS_FILE, load_masks, save_masks
+from hyperprune.workflows.verify import verify_checkpoint
 from hyperprune.methods import get_method
 from hyperprune.models import layout_for
 
@@ -29,7 +30,8 @@ def test_save_load_gives_the_same_logits(tmp_path, tiny_model_dir, calib_file, s
 
     loaded, seqlen = load_for(config)
     ids = calibration_ids(loaded, config, seqlen)
-    result = run_layerwise(loaded.model, loaded.layout, get_method("sparsegpt")(config), ids, torch.device("cpu"), progress=False)
+    result = run_layerwise(loaded.model, loaded.layout, get_method("sparsegpt")(config), ids, torch.device("cpu"),
+                           config.engine_settings(), progress=False)
     reloaded = AutoModelForCausalLM.from_pretrained(out)
     with torch.no_grad():
         assert torch.equal(loaded.model(ids).logits, reloaded(ids).logits)

@@ -179,7 +179,7 @@ def test_hyperprune_flags_reach_the_report(capsys, base_args):
                            "--no-layer-emb", "--no-outlier", "--prior", "wanda", "--lambda-continual", "2.5",
                            "--features", "weight,coupling")
     assert code == 0, err
-    config = json.loads((out / "report.json").read_text())["config"]["hyperprune"]
+    config = json.loads((out / "report.json").read_text())["config"]["options"]["hyperprune"]
     assert config["steps"] == 3 and config["hidden_dim"] == 8 and config["prior"] == "wanda"
     assert config["layer_embedding"] is False and config["outlier"] is False and config["component_embedding"] is True
     assert config["lambda_continual"] == 2.5 and config["features"] == ["weight", "coupling"]
@@ -190,12 +190,14 @@ def test_refit_flags_reach_the_report_and_bad_ones_fail(capsys, base_args):
     code, _, err = run_cli(capsys, *args, "--method", "hyperprune+refit", "--refit-damp", "0")
     assert_clean_failure(code, err, out, "refit_damp")
     code, _, err = run_cli(capsys, *args, "--method", "sparsegpt", "--sparsegpt-refit", "lstsq",
-                           "--sparsegpt-lstsq-damp", "0.2", "--refit-method", "obs", "--refit-damp", "0.05",
-                           "--refit-rounds", "1", "--round-steps", "2", "--relaxation", "expected",
-                           "--refresh-every", "0")
+                           "--sparsegpt-lstsq-damp", "0.2")
     assert code == 0, err
     config = json.loads((out / "report.json").read_text())["config"]
-    assert config["sparsegpt"]["refit"] == "lstsq" and config["sparsegpt"]["lstsq_damp"] == 0.2
-    hp = config["hyperprune"]
+    assert config["options"] == {"sparsegpt": {"refit": "lstsq", "lstsq_damp": 0.2}}
+    code, _, err = run_cli(capsys, *args, "--method", "hyperprune+refit", "--steps", "2", "--refit-method", "obs",
+                           "--hyperprune-refit-damp", "0.05", "--refit-rounds", "1", "--round-steps", "2",
+                           "--relaxation", "expected", "--refresh-every", "0", "--overwrite")
+    assert code == 0, err
+    hp = json.loads((out / "report.json").read_text())["config"]["options"]["hyperprune"]
     assert hp["refit_method"] == "obs" and hp["refit_damp"] == 0.05 and hp["refit_rounds"] == 1
     assert hp["round_steps"] == 2 and hp["relaxation"] == "expected" and hp["refresh_every"] == 0

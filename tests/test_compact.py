@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from hyperprune.cli import main
-from hyperprune.export.compact import compress_matrix, decompress_matrix, pack_positions, unpack_positions
+from hyperprune.export.compact_format import compress_matrix, decompress_matrix, pack_positions, unpack_positions
 from hyperprune.models import load_model
 
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from conftest import tiny_model
-from hyperprune.config import PruneConfig, SparsityTarget
+from hyperprune.config import EngineSettings, PruneConfig, SparsityTarget
 from hyperprune.engine import run_layerwise
 from hyperprune.masks import count_nm_violations
 from hyperprune.methods import METHODS, get_method
@@ -19,7 +19,8 @@ def run(model, method, target="2:4", nsamples=4, **kwargs):
     target = SparsityTarget(pattern=target) if ":" in str(target) else SparsityTarget(sparsity=float(target))
     config = PruneConfig(method=method, target=target, nsamples=nsamples)
     layout = layout_for(model.config.model_type)
-    return run_layerwise(model, layout, get_method(method)(config), calib_ids(nsamples), CPU, progress=False, **kwargs)
+    return run_layerwise(model, layout, get_method(method)(config), calib_ids(nsamples), CPU, config.engine_settings(),
+                         progress=False, **kwargs)
 
 
 @pytest.mark.parametrize("model_type", ["llama", "mistral", "qwen2"])
@@ -31,7 +32,7 @@ def test_pass_through_reproduces_the_models_hidden_states(model_type):
     with torch.no_grad():
         expected = model.model(input_ids=ids, use_cache=False).last_hidden_state
     layout = layout_for(model_type)
-    result = run_layerwise(model, layout, get_method("dense")(PruneConfig(method="dense")), ids, CPU, progress=False)
+    result = run_layerwise(model, layout, get_method("dense")(PruneConfig(method="dense")), ids, CPU, EngineSettings(), progress=False)
     with torch.no_grad():
         got = model.model.norm(result.final_hidden)
     assert torch.allclose(got, expected, atol=1e-5, rtol=1e-4)
@@ -102,7 +103,7 @@ def test_methods_rank_as_expected_on_block_error():
 
 def test_wanda_uses_input_norms():
     """Scaling one input channel up must make Wanda keep its weights."""
-    from hyperprune.engine.statistics import InputStatistics, StatisticsKind
+    from hyperprune.numerics.statistics import InputStatistics, StatisticsKind
     from hyperprune.methods.wanda import Wanda
 
     linear = torch.nn.Linear(8, 4, bias=False)
@@ -117,7 +118,7 @@ def test_wanda_uses_input_norms():
 
 
 def test_statistics_moments_and_hessian():
-    from hyperprune.engine.statistics import InputStatistics, StatisticsKind
+    from hyperprune.numerics.statistics import InputStatistics, StatisticsKind
 
     x = torch.randn(2, 50, 6)
     stats = InputStatistics(6, StatisticsKind.HESSIAN)

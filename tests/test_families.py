@@ -6,44 +6,21 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import tiny_model
+from hyperprune.testing import DISCOVERED, FAMILIES, discovered_model, family_model, ids, tiny_model  # noqa: F401
 from hyperprune.cli import main
-from hyperprune.config import PruneConfig
+from hyperprune.config import EngineSettings, PruneConfig
 from hyperprune.engine import run_layerwise
 from hyperprune.engine.capture import capture_block_inputs
 from hyperprune.methods import get_method
 from hyperprune.models import layout_for
 
 CPU = torch.device("cpu")
-SPECIAL = dict(bos_token_id=0, eos_token_id=0, pad_token_id=0)
-# Sliding windows shorter than the windows below, so local and global layers see different masks.
-FAMILIES = {
-    "llama": {},
-    "mistral": dict(sliding_window=8),
-    "qwen2": {},
-    "qwen3": dict(head_dim=16),
-    "gemma": dict(head_dim=16),
-    "gemma2": dict(head_dim=16, sliding_window=8),
-    "gemma3_text": dict(head_dim=16, sliding_window=8, layer_types=["sliding_attention", "full_attention", "sliding_attention"]),
-    "olmo2": {},
-    "granite": {},
-}
-
-
-def family_model(model_type: str):
-    return tiny_model(model_type, **SPECIAL, **FAMILIES[model_type])
-
-
-def ids(n=3, seqlen=24):
-    return torch.randint(0, 256, (n, seqlen), generator=torch.Generator().manual_seed(0))
-
-
 @pytest.mark.parametrize("model_type", sorted(FAMILIES))
 def test_pass_through_is_exact_for_every_family(model_type):
     model = family_model(model_type)
     with torch.no_grad():
         expected = model.model(input_ids=ids(), use_cache=False).last_hidden_state
-    result = run_layerwise(model, layout_for(model_type), get_method("dense")(PruneConfig(method="dense")), ids(), CPU,
+    result = run_layerwise(model, layout_for(model_type), get_method("dense")(PruneConfig(method="dense")), ids(), CPU, EngineSettings(),
                            progress=False)
     with torch.no_grad():
         got = model.model.norm(result.final_hidden)
@@ -88,17 +65,6 @@ def test_prune_verify_and_reload_every_family(tmp_path, tokenizer, calib_file, m
 # ---------------------------------------------------------------- discovered layouts
 from hyperprune.models import layout_of  # noqa: E402
 
-DISCOVERED = {
-    "phi3": dict(pad_token_id=0),  # fused qkv_proj and gate_up_proj
-    "opt": dict(ffn_dim=128, word_embed_proj_dim=64, pad_token_id=1, bos_token_id=0, eos_token_id=0),
-    "gpt_neox": dict(pad_token_id=0, bos_token_id=0, eos_token_id=0),
-}
-
-
-def discovered_model(model_type: str):
-    return tiny_model(model_type, **DISCOVERED[model_type])
-
-
 @pytest.mark.parametrize("model_type", sorted(DISCOVERED))
 def test_discovered_layouts_pass_through_exactly(model_type):
     model = discovered_model(model_type)
@@ -106,7 +72,7 @@ def test_discovered_layouts_pass_through_exactly(model_type):
     assert layout.input_groups is None and layout.final_norm
     with torch.no_grad():
         expected = model(input_ids=ids(), use_cache=False).logits
-    result = run_layerwise(model, layout, get_method("dense")(PruneConfig(method="dense")), ids(), CPU, progress=False)
+    result = run_layerwise(model, layout, get_method("dense")(PruneConfig(method="dense")), ids(), CPU, EngineSettings(), progress=False)
     with torch.no_grad():
         got = model.get_output_embeddings()(model.get_submodule(layout.final_norm)(result.final_hidden))
     assert float((got - expected).abs().max()) <= 1e-4
@@ -137,7 +103,7 @@ def test_discovery_finds_fused_roles_and_shared_inputs():
 def test_prune_verify_and_reload_discovered_families(tmp_path, tokenizer, calib_file, model_type):
     from transformers import AutoModelForCausalLM
 
-    from hyperprune.export.checkpoint import load_masks
+    from hyperprune.export.mask_files import load_masks
 
     directory = tmp_path / model_type
     discovered_model(model_type).save_pretrained(directory)

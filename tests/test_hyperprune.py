@@ -27,7 +27,7 @@ def run(method="hyperprune", pattern="2:4", seed=0, model_seed=0, nsamples=4, la
     config = PruneConfig(method=method, target=SparsityTarget(pattern=pattern), nsamples=nsamples, seed=seed,
                          hyperprune=HyperPruneOptions(**{**FAST, **options}))
     instance = get_method(method)(config)
-    result = run_layerwise(model, layout_for("llama"), instance, calib_ids(nsamples), CPU, progress=False)
+    result = run_layerwise(model, layout_for("llama"), instance, calib_ids(nsamples), CPU, config.engine_settings(), progress=False)
     return model, result, instance
 
 

@@ -11,9 +11,9 @@ from conftest import load_benchmark, tiny_model
 from hyperprune.cli import main
 from hyperprune.config import PruneConfig, ReconstructOptions, SparsityTarget
 from hyperprune.engine import run_layerwise
-from hyperprune.engine.least_squares import dense_target_weight
+from hyperprune.numerics.least_squares import dense_target_weight
 from hyperprune.engine.reconstruct import reconstruct_block, window_order
-from hyperprune.engine.statistics import CrossStatistics, InputStatistics, StatisticsKind
+from hyperprune.numerics.statistics import CrossStatistics, InputStatistics, StatisticsKind
 from hyperprune.errors import HyperpruneError
 from hyperprune.masks import count_nm_violations
 from hyperprune.methods import get_method
@@ -29,7 +29,8 @@ def calib_ids(nsamples=8, seqlen=24, seed=0):
 
 def run(model, method, nsamples=8, **settings):
     config = PruneConfig(method=method, target=SparsityTarget(pattern="2:4"), nsamples=nsamples, **settings)
-    return run_layerwise(model, layout_for("llama"), get_method(method)(config), calib_ids(nsamples), CPU, progress=False)
+    return run_layerwise(model, layout_for("llama"), get_method(method)(config), calib_ids(nsamples), CPU, config.engine_settings(),
+                         progress=False)
 
 
 RECONSTRUCT = ReconstructOptions(steps=30, holdout=2, lr=1e-3, batch_size=2, eval_every=5, patience=10)
@@ -177,7 +178,7 @@ def _distance_to_dense(final_hidden, seed):
 
 
 def test_dense_target_needs_something_to_apply_to():
-    with pytest.raises(HyperpruneError, match="--target dense changes nothing"):
+    with pytest.raises(HyperpruneError, match="--fit-target dense changes nothing"):
         run(tiny_model("llama"), "wanda", fit_target="dense")
 
 
@@ -213,9 +214,9 @@ def _distill_args(pruned, out, teacher, *extra):
 def test_distill_keeps_the_masks_and_lowers_the_kl(tmp_path, tiny_model_dir, calib_file):
     import json
 
-    from hyperprune.engine.distill import logit_kl
-    from hyperprune.export import verify_checkpoint
-    from hyperprune.export.checkpoint import load_masks
+    from hyperprune.engine.masked_distillation import logit_kl
+    from hyperprune.workflows.verify import verify_checkpoint
+    from hyperprune.export.mask_files import load_masks
     from hyperprune.models import load_model
 
     pruned = tmp_path / "pruned"

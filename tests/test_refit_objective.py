@@ -6,7 +6,7 @@ import torch
 from hyperprune.config import SparsityTarget
 from hyperprune.masks import count_nm_violations, nm_patterns
 from hyperprune.methods.hyperprune import objectives as obj
-from hyperprune.methods.refit import damped_hessian, lstsq_refit, quadratic_output_error
+from hyperprune.numerics.refit import damped_hessian, lstsq_refit, quadratic_output_error
 from hyperprune.methods.sparsegpt import sparsegpt_prune
 
 
@@ -112,7 +112,7 @@ def test_lstsq_refit_equals_torch_lstsq_per_row():
 
 
 def test_lstsq_refit_gives_the_same_weights_however_the_rows_are_chunked(monkeypatch):
-    import hyperprune.methods.refit as refit_module
+    import hyperprune.numerics.refit as refit_module
 
     weight, hessian, gen = problem(rows=9, cols=16, samples=128)
     keep = torch.rand(weight.shape, generator=gen) > 0.5  # rows keep different counts

@@ -18,7 +18,7 @@ from safetensors import safe_open
 
 from conftest import TOKENIZER_TEXT, tiny_model, tiny_tokenizer
 from hyperprune.cli import main
-from hyperprune.engine.checkpoint import MANIFEST, partial_dir_for
+from hyperprune.engine.run_checkpoint import MANIFEST, partial_dir_for
 
 NLAYERS = 5
 
@@ -120,7 +120,7 @@ def test_resume_refuses_other_settings_and_a_partial_run_needs_a_decision(tmp_pa
 
 
 def test_disk_full_keeps_the_last_checkpoint(tmp_path, model_dir, calib_file, capsys, monkeypatch):
-    import hyperprune.engine.checkpoint as checkpoint_module
+    import hyperprune.engine.run_checkpoint as checkpoint_module
 
     reference = tmp_path / "reference"
     assert main(prune_args(model_dir, calib_file, reference)) == 0
@@ -180,7 +180,7 @@ def test_nan_skip_keeps_the_block_dense_and_says_so(tmp_path, tokenizer, calib_f
     assert [s["block"] for s in report["skipped_blocks"]] == [2]
     assert "block 2 component down" in report["skipped_blocks"][0]["reason"]
     assert report["nm_valid"] is False
-    from hyperprune.export import verify_checkpoint
+    from hyperprune.workflows.verify import verify_checkpoint
 
     result = verify_checkpoint(out)
     bad = {c.name for c in result.layers if c.violations}
@@ -259,7 +259,7 @@ def test_hyperprune_state_survives_a_kill_and_resume_is_bit_identical(tmp_path, 
     assert_bit_identical(reference, out)
     report = json.loads((out / "report.json").read_text())
     assert report["resumed_from_block"] == 3
-    assert report["config"]["hyperprune"]["steps"] == 6
+    assert report["config"]["options"]["hyperprune"]["steps"] == 6
     # the method's report notes survive too
     assert all("mask_error" in layer["info"] for layer in report["layers"])
 

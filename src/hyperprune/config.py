@@ -29,7 +29,7 @@ class NMPattern(BaseModel):
     """n:m semi-structured sparsity: at most ``n`` non-zeros in every ``m`` consecutive
     weights along the input dimension (NVIDIA's convention: 2:4 keeps 2 of 4)."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     n: int
     m: int
@@ -60,7 +60,7 @@ class NMPattern(BaseModel):
 class SparsityTarget(BaseModel):
     """What a method must reach: an n:m pattern, or an unstructured fraction of zeros."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     pattern: NMPattern | None = None
     sparsity: float | None = None
@@ -81,10 +81,12 @@ class SparsityTarget(BaseModel):
         return self
 
     @classmethod
-    def from_args(cls, pattern: str | None, sparsity: float | None) -> SparsityTarget:
-        """CLI rule: ``--sparsity`` means unstructured; otherwise ``--pattern`` (default 2:4)."""
+    def from_args(cls, pattern: str | None, sparsity: float | None, pattern_name: str = "--pattern",
+                  sparsity_name: str = "--sparsity") -> SparsityTarget:
+        """``sparsity`` means unstructured; otherwise ``pattern`` (default 2:4). The names are how
+        the caller spells the two (CLI flags, or API arguments) in the error."""
         if pattern is not None and sparsity is not None:
-            raise ValueError("give either --pattern (n:m) or --sparsity (unstructured), not both")
+            raise ValueError(f"give either {pattern_name} (n:m) or {sparsity_name} (unstructured), not both")
         if sparsity is not None:
             return cls(sparsity=sparsity)
         return cls(pattern=pattern or DEFAULT_PATTERN)
@@ -102,20 +104,30 @@ class SparsityTarget(BaseModel):
 DEFAULT_LSTSQ_DAMP = 0.1
 
 
-class SparseGPTOptions(BaseModel):
-    model_config = ConfigDict(frozen=True)
+class Options(BaseModel):
+    """Base of every options class: frozen, and unknown fields are refused (a typo is an error)."""
 
-    percdamp: float = Field(0.01, gt=0, description="dampening as a fraction of mean(diag H)")
-    blocksize: int = Field(128, gt=0, description="columns updated lazily together")
-    max_damp_retries: int = Field(4, ge=0, description="retries with 10x dampening on Cholesky failure")
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class HessianOptions(Options):
+    """How the input Hessian H = XXᵀ is damped and factored; shared by every method that runs
+    SparseGPT's solver (sparsegpt, its prior in hyperprune and maskpro)."""
+
+    percdamp: float = Field(0.01, gt=0, description="SparseGPT dampening, fraction of mean diag(H)")
+    blocksize: int = Field(128, gt=0, description="SparseGPT lazy-update block size (columns updated together)")
+    max_damp_retries: int = Field(4, ge=0, description="retries with 10x dampening when the Cholesky factorization fails")
+
+
+class SparseGPTOptions(Options):
     refit: Literal["obs", "lstsq"] = Field(
-        "obs", description="obs: SparseGPT's own sequential update; lstsq: its mask, then the exact least-squares refit"
+        "obs", description="SparseGPT's weight update: obs, its own sequential update; lstsq, its mask then the exact "
+        "least-squares refit"
     )
-    lstsq_damp: float = Field(DEFAULT_LSTSQ_DAMP, gt=0, description="λ of the lstsq refit, fraction of mean(diag H)")
+    lstsq_damp: float = Field(DEFAULT_LSTSQ_DAMP, gt=0, description="λ of the lstsq refit, fraction of mean diag(H)")
 
 
-class RIAOptions(BaseModel):
-    model_config = ConfigDict(frozen=True)
+class RIAOptions(Options):
 
     power: float = Field(0.5, gt=0, description="a in ‖X_j‖^a")
     permute: bool = Field(False, description="permute the MLP's intermediate channels before the n:m mask "
@@ -123,10 +135,8 @@ class RIAOptions(BaseModel):
     permute_rounds: int = Field(3, ge=0, description="rounds of linear-sum-assignment refinement of the permutation")
 
 
-class MaskProOptions(BaseModel):
+class MaskProOptions(Options):
     """MaskPro's settings, run layer-wise in this engine (the original trains end to end)."""
-
-    model_config = ConfigDict(frozen=True)
 
     steps: int = Field(50, ge=0, description="policy-gradient steps per layer")
     samples: int = Field(4, gt=0, description="masks sampled per step")
@@ -136,10 +146,9 @@ class MaskProOptions(BaseModel):
     baseline_decay: float = Field(0.9, ge=0, lt=1, description="moving average of the baseline, from the prior's loss")
 
 
-class EndToEndOptions(BaseModel):
+class EndToEndOptions(Options):
     """What every method trained end to end on the whole model's LM loss shares."""
 
-    model_config = ConfigDict(frozen=True)
 
     steps: int = Field(100, ge=0, description="optimizer steps on the whole model")
     batch_size: int = Field(1, gt=0, description="calibration windows per step")
@@ -154,7 +163,7 @@ class MaskLLMOptions(EndToEndOptions):
     tau_final: float = Field(0.05, gt=0, description="final temperature (linear anneal)")
     logit_scale: float = Field(1.0, gt=0, description="κ: the logits are scaled by κ before the noise is added")
     logit_scale_final: float | None = Field(None, gt=0, description="κ at the last step, annealed linearly from "
-                                            "--maskllm-logit-scale, sharpening the distribution as MaskLLM's 100 → 500 "
+                                            "logit_scale, sharpening the distribution as MaskLLM's 100 → 500 "
                                             "does; unset: κ stays constant")
     init_scale: float = Field(3.0, ge=0, description="prior: logit of a pattern = this × its overlap with the one-shot mask / n")
     prior: Literal["sparsegpt", "wanda", "magnitude"] = Field("sparsegpt", description="the one-shot mask the logits start from")
@@ -172,17 +181,15 @@ class ProxSparseOptions(EndToEndOptions):
 HYPERNET_FEATURES = ("weight", "wanda", "saliency", "hdiag", "hinv", "coupling", "delta", "hblock")
 
 
-class HyperPruneOptions(BaseModel):
+class HyperPruneOptions(Options):
     """HyperPrune's settings. Paper values are noted; where a default departs from the
     paper it was chosen by the recorded sweep in ``benchmarks/hyperprune_sweep.py``."""
-
-    model_config = ConfigDict(frozen=True)
 
     steps: int = Field(100, ge=0, description="training steps per block (paper: 200 or 2000)")
     objective: Literal["layer", "block", "two-stage"] = Field(
         "layer",
         description="layer: each linear's exact quadratic error tr(ΔW H ΔWᵀ); block: the paper's block-output "
-        "reconstruction; two-stage: layer, then block for the last --block-fraction of the steps",
+        "reconstruction; two-stage: layer, then block for the last block_fraction of the steps",
     )
     block_fraction: float = Field(0.25, ge=0.0, le=1.0, description="share of steps on the block objective (two-stage)")
     relaxation: Literal["exact", "expected", "gumbel"] = Field(
@@ -199,8 +206,8 @@ class HyperPruneOptions(BaseModel):
     features: tuple[str, ...] = Field(HYPERNET_FEATURES, description="per-weight context the hypernetwork sees")
     embed_dim: int = Field(64, gt=0, description="size of layer and component embeddings (paper: 64)")
     embed_init: Literal["onehot", "gaussian"] = Field("onehot", description="paper app. D.4 recommends one-hot + noise")
-    layer_embedding: bool = True
-    component_embedding: bool = True
+    layer_embedding: bool = Field(True, description="learned layer embeddings (off: ablation)")
+    component_embedding: bool = Field(True, description="learned component embeddings (off: ablation)")
     lr: float = Field(5e-3, gt=0, description="AdamW learning rate of the hypernetwork (paper: 5e-4)")
     embed_lr: float = Field(1e-4, gt=0, description="learning rate of the embeddings (smaller, as in the paper)")
     weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay (paper: 0.1)")
@@ -209,16 +216,16 @@ class HyperPruneOptions(BaseModel):
     tau_decay: float | None = Field(
         None, ge=0, description="η in τ(t) = max(τ_f, τ0·exp(−ηt)), t the step in the block; None: reach τ_f at 3/4 of the steps"
     )
-    prior: Literal["sparsegpt", "wanda", "none"] = "sparsegpt"
+    prior: Literal["sparsegpt", "wanda", "none"] = Field("sparsegpt", description="mask prior on the logits")
     prior_gamma: float = Field(0.3, ge=0, description="γ0, the prior's weight on the logits (paper: 1e-5)")
     prior_decay: float = Field(2.0, ge=0, description="α in γ = γ0·exp(−α·t/T) over the block's steps")
     prior_beta: float = Field(10.0, gt=0, description="β, sharpness of the prior's softmax over patterns")
-    outlier: bool = True
+    outlier: bool = Field(True, description="the feature-outlier term (off: ablation)")
     lambda_outlier: float = Field(
         0.0, ge=0, description="λ1, weight of the (normalized) feature-outlier term; R_outlier = ½Σ Ŵ²_ij H_jj is "
         "Wanda's criterion, and the sweep found no λ1 > 0 that helps (0: not computed)"
     )
-    continual: bool = True
+    continual: bool = Field(True, description="the continual-pruning term (off: ablation)")
     lambda_continual: float = Field(0.1, ge=0, description="λ2, weight of the continual-pruning term")
     continual_groups: int = Field(50, gt=0, description="weight groups cached per finished layer (paper: ~50)")
     row_fraction: float = Field(
@@ -232,7 +239,7 @@ class HyperPruneOptions(BaseModel):
     refit_damp: float = Field(DEFAULT_LSTSQ_DAMP, gt=0, description="λ of the lstsq refit, fraction of mean(diag H)")
     refit_rounds: int = Field(
         0, ge=0, description="refit-aware masks: after training, R times refit, recompute the problem at the refit "
-        "weights and train --round-steps more steps (with --refit)"
+        "weights and train round_steps more steps (with refit)"
     )
     round_steps: int = Field(25, ge=1, description="training steps in each refit-aware round")
 
@@ -249,12 +256,10 @@ class HyperPruneOptions(BaseModel):
         return tuple(value)
 
 
-class ReconstructOptions(BaseModel):
+class ReconstructOptions(Options):
     """Block-wise reconstruction after any method (``--reconstruct-steps``): the block's kept
     weights are trained with the mask fixed, on the block's output error, with early stopping
     on held-out calibration windows (the "pruning paradox", arXiv 2406.15524: it overfits)."""
-
-    model_config = ConfigDict(frozen=True)
 
     steps: int = Field(0, ge=0, description="Adam steps per block; 0: off")
     holdout: int = Field(4, ge=1, description="calibration windows held out of training, for early stopping")
@@ -264,11 +269,9 @@ class ReconstructOptions(BaseModel):
     patience: int = Field(3, ge=1, description="stop after this many evaluations without a held-out improvement")
 
 
-class DistillOptions(BaseModel):
+class DistillOptions(Options):
     """Masked end-to-end distillation of a pruned model (``hyperprune distill``): the student's
     kept linear weights train, masks fixed, on KL to the dense teacher's next-token distribution."""
-
-    model_config = ConfigDict(frozen=True)
 
     steps: int = Field(50, gt=0, description="optimizer steps")
     lr: float = Field(2e-5, gt=0, description="Adam learning rate of the kept weights")
@@ -286,14 +289,34 @@ class DistillOptions(BaseModel):
     @model_validator(mode="after")
     def _holdout_leaves_training(self) -> DistillOptions:
         if self.holdout >= self.nsamples:
-            raise ValueError(f"--holdout {self.holdout} leaves no training windows of --nsamples {self.nsamples}")
+            raise ValueError(f"holdout {self.holdout} leaves no training windows of nsamples {self.nsamples}")
         return self
 
 
-class PruneConfig(BaseModel):
-    """Everything that determines a pruning run. Recorded in full in every report."""
+# Keys under which PruneConfig once took each method's options directly (PruneConfig(hyperprune=...));
+# still accepted, and moved into ``options``.
+LEGACY_OPTION_KEYS = ("sparsegpt", "hyperprune", "ria", "maskpro", "maskllm", "proxsparse")
 
-    model_config = ConfigDict(frozen=True)
+
+class EngineSettings(Options):
+    """What the layer-wise engine itself needs; it never reads a method's options."""
+
+    target: SparsityTarget = Field(default_factory=lambda: SparsityTarget(pattern=DEFAULT_PATTERN))
+    seed: int = DEFAULT_SEED
+    offload_activations: bool = True
+    offload_to_disk: bool = False
+    on_nan: Literal["error", "skip"] = "error"
+    fit_target: Literal["pruned", "dense"] = "pruned"
+    fit_target_damp: float = Field(DEFAULT_LSTSQ_DAMP, gt=0)
+    reconstruct: ReconstructOptions = Field(default_factory=ReconstructOptions)
+
+
+class PruneConfig(BaseModel):
+    """Everything that determines a pruning run. Recorded in every report (with the options of the
+    method that ran only). Unknown fields are refused; ``target`` may be given as ``"2:4"`` or as a
+    fraction (unstructured), or as ``pattern=`` / ``sparsity=``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     model: str = DEFAULT_MODEL
     method: str = DEFAULT_METHOD
@@ -313,37 +336,82 @@ class PruneConfig(BaseModel):
     bos_per_window: Literal["auto", "on", "off"] = Field(
         "auto", description="a BOS at the start of every calibration and evaluation window; auto: when the tokenizer adds one"
     )
-    sparsegpt: SparseGPTOptions = Field(default_factory=SparseGPTOptions)
-    hyperprune: HyperPruneOptions = Field(default_factory=HyperPruneOptions)
-    ria: RIAOptions = Field(default_factory=RIAOptions)
-    maskpro: MaskProOptions = Field(default_factory=MaskProOptions)
-    maskllm: MaskLLMOptions = Field(default_factory=MaskLLMOptions)
-    proxsparse: ProxSparseOptions = Field(default_factory=ProxSparseOptions)
+    hessian: HessianOptions = Field(default_factory=HessianOptions)
+    # Each method's own options, by the name of the method that declares them (a preset such as
+    # hyperprune+refit uses its base method's): validated by the method's declared options class.
+    options: dict[str, dict[str, Any]] = Field(default_factory=dict)
     fit_target: Literal["pruned", "dense"] = Field(
         "pruned",
-        description="what a block is fitted to (--target): pruned: the dense block's output on the pruned model's "
+        description="what a block is fitted to: pruned: the dense block's output on the pruned model's "
         "inputs; dense: the dense model's own hidden state at that depth, which also corrects the error carried in",
     )
-    target_damp: float = Field(
-        DEFAULT_LSTSQ_DAMP, gt=0, description="ridge λ toward the dense weights of the --target dense weight fit, "
-        "fraction of mean(diag H)"
+    fit_target_damp: float = Field(
+        DEFAULT_LSTSQ_DAMP, gt=0, description="ridge λ toward the dense weights of the fit_target='dense' weight fit, "
+        "fraction of mean diag(H)"
     )
     reconstruct: ReconstructOptions = Field(default_factory=ReconstructOptions)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _friendly_inputs(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        pattern, sparsity = data.pop("pattern", None), data.pop("sparsity", None)
+        if pattern is not None or sparsity is not None:
+            if "target" in data:
+                raise ValueError("give target, or pattern/sparsity, not both")
+            data["target"] = SparsityTarget.from_args(pattern, sparsity, "pattern", "sparsity")
+        target = data.get("target")
+        if isinstance(target, str):
+            data["target"] = SparsityTarget(pattern=target)
+        elif isinstance(target, (int, float)) and not isinstance(target, bool):
+            data["target"] = SparsityTarget(sparsity=float(target))
+        options = {key: dict(value) for key, value in (data.get("options") or {}).items()}
+        for key in LEGACY_OPTION_KEYS:
+            if key in data:
+                value = data.pop(key)
+                given = value.model_dump(exclude_unset=True) if isinstance(value, BaseModel) else dict(value)
+                if key == "sparsegpt":  # the Hessian settings moved to their own shared options
+                    moved = {f: given.pop(f) for f in list(given) if f in HessianOptions.model_fields}
+                    if moved:
+                        data["hessian"] = {**_as_dict(data.get("hessian")), **moved}
+                options[key] = {**options.get(key, {}), **given}
+        if options:
+            data["options"] = options
+        return data
 
     @model_validator(mode="after")
     def _holdout_leaves_training(self) -> PruneConfig:
         if self.reconstruct.steps > 0 and self.reconstruct.holdout >= self.nsamples:
             raise ValueError(
-                f"--reconstruct-holdout {self.reconstruct.holdout} leaves no training windows of --nsamples "
+                f"reconstruct.holdout {self.reconstruct.holdout} leaves no training windows of nsamples "
                 f"{self.nsamples}; hold out fewer or calibrate on more"
             )
         return self
 
+    def engine_settings(self) -> EngineSettings:
+        return EngineSettings(target=self.target, seed=self.seed, offload_activations=self.offload_activations,
+                              offload_to_disk=self.offload_to_disk, on_nan=self.on_nan, fit_target=self.fit_target,
+                              fit_target_damp=self.fit_target_damp, reconstruct=self.reconstruct)
 
-class ZeroShotOptions(BaseModel):
+    def with_method(self, method: str) -> PruneConfig:
+        """The same run settings for another method (its options, if any, come along)."""
+        return self.model_copy(update={"method": method})
+
+    def with_options(self, key: str, **changes: Any) -> PruneConfig:
+        """A copy with ``options[key]`` (a method's options, by the method's name) updated."""
+        return PruneConfig.model_validate({**self.model_dump(), "options": {**self.options, key: {**self.options.get(key, {}), **changes}}})
+
+
+def _as_dict(value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    return value.model_dump(exclude_unset=True) if isinstance(value, BaseModel) else dict(value)
+
+
+class ZeroShotOptions(Options):
     """Zero-shot accuracy through lm-eval (``--tasks``): which tasks, on how many documents."""
-
-    model_config = ConfigDict(frozen=True)
 
     tasks: tuple[str, ...] = Field(description="packaged names, the group zeroshot7, lm-eval:NAME, or FILE.jsonl")
     limit: int | None = Field(None, gt=0, description="the first N documents of each task; None: all")
@@ -357,5 +425,18 @@ class ZeroShotOptions(BaseModel):
             value = value.split(",")
         items = tuple(s.strip() for s in value if s.strip())
         if not items:
-            raise ValueError("--tasks is empty; give for example zeroshot7")
+            raise ValueError("tasks is empty; give for example zeroshot7")
         return items
+
+
+def first_validation_error(exc: ValueError) -> str:
+    """One line from a pydantic error: where, and what is wrong."""
+    errors = getattr(exc, "errors", None)
+    if not callable(errors):
+        return str(exc)
+    first = errors()[0]
+    where = ".".join(str(x) for x in first.get("loc", ()) if x != "__root__")
+    msg = str(first.get("msg", exc)).removeprefix("Value error, ")
+    if first.get("type") == "extra_forbidden":
+        msg = "unknown option; check the spelling"
+    return f"{where}: {msg}" if where else msg

@@ -17,7 +17,7 @@ from torch import nn
 from hyperprune.engine.memory import trim_freed_memory
 from hyperprune.errors import HyperpruneError
 from hyperprune.models.architectures import BlockLayout, decoder_blocks
-from hyperprune.models.shards import ShardReader
+from hyperprune.models.shard_reader import ShardReader
 
 
 class BlockStore(Protocol):

@@ -4,7 +4,7 @@ By default block ℓ is fitted to the dense block's output on the *pruned* model
 the error of earlier blocks is carried along, never corrected. With ``--target dense`` the
 engine keeps a second activation stream, the dense model's own hidden states, and fits each
 block to the dense model's output at that depth: the weight-updating methods prune and refit
-W̃ (:func:`~hyperprune.engine.least_squares.dense_target_weight`), and block reconstruction trains
+W̃ (:func:`~hyperprune.numerics.least_squares.dense_target_weight`), and block reconstruction trains
 toward the dense stream.
 
 Only the input group that reads the block's own input (q, k, v in LLaMA) is refitted to W̃. The
@@ -25,9 +25,9 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from hyperprune.engine.statistics import CrossStatistics, InputStatistics
+from hyperprune.numerics.statistics import CrossStatistics, InputStatistics
 from hyperprune.errors import HyperpruneError
-from hyperprune.engine.least_squares import dense_target_weight
+from hyperprune.numerics.least_squares import dense_target_weight
 from hyperprune.models.architectures import BlockLayout
 
 
@@ -91,11 +91,10 @@ def apply_dense_target(
             linears[role].weight.copy_(rows.to(linears[role].weight.dtype))
 
 
-def check_dense_target(method) -> None:
-    """``--target dense`` must have something to act on: a weight update or a reconstruction."""
-    settings = method.config
+def check_dense_target(method, settings) -> None:
+    """``fit_target="dense"`` must have something to act on: a weight update or a reconstruction."""
     if settings.fit_target == "dense" and settings.reconstruct.steps == 0 and not method.updates_weights:
         raise HyperpruneError(
-            f"--target dense changes nothing for method '{method.name}', which keeps the dense weights; "
+            f"--fit-target dense changes nothing for method '{method.name}', which keeps the dense weights; "
             "add --reconstruct-steps N, or use a method that updates weights (sparsegpt, hyperprune+refit)"
         )

@@ -15,7 +15,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -24,10 +24,12 @@ from tqdm.auto import tqdm
 
 from hyperprune.engine.blocks import BlockStore, ModelBlocks
 from hyperprune.engine.capture import activation_buffer, capture_block_inputs, to_device_shared
-from hyperprune.engine.checkpoint import RunCheckpoint, _fault_point
+from hyperprune.engine.run_checkpoint import RunCheckpoint
+from hyperprune.faults import fault_point
 from hyperprune.engine.dense_stream import PairedInputs, apply_dense_target, check_dense_target
 from hyperprune.engine.reconstruct import reconstruct_block
-from hyperprune.engine.statistics import InputStatistics, StatisticsKind
+from hyperprune.numerics.statistics import InputStatistics, StatisticsKind
+from hyperprune.config import EngineSettings
 from hyperprune.errors import HyperpruneError
 from hyperprune.masks import count_nm_violations, sparsity_of
 from hyperprune.methods.base import BlockContext, PruningMethod
@@ -172,7 +174,9 @@ def _check_statistics(stats: dict[str, InputStatistics], index: int) -> None:
 
 
 @dataclass
-class _BlockOutcome:
+class BlockOutcome:
+    """What pruning one block gives: its masks, its layers' records and its errors."""
+
     masks: dict[str, torch.Tensor]  # role -> keep-mask
     layers: list[LayerRecord]
     rel_error: float
@@ -181,122 +185,155 @@ class _BlockOutcome:
     rel_dense_error: float | None = None
 
 
-def _prune_block(
-    index: int,
-    num_blocks: int,
-    block: nn.Module,
-    layout: BlockLayout,
-    method: PruningMethod,
-    inputs: torch.Tensor,
-    outputs: torch.Tensor,
-    kwargs: dict[str, Any],
-    device: torch.device,
-    offload: torch.device,
-    dense_stream: torch.Tensor | None = None,
-) -> _BlockOutcome:
-    """Prune one block in place; write its pruned outputs into ``outputs``, and advance the
-    dense trajectory ``dense_stream`` (``--target dense``) through the dense block, in place."""
-    nsamples = inputs.shape[0]
-    settings = method.config
+@dataclass
+class BlockJob:
+    """One block to prune, with the buffers it reads and writes: ``inputs`` are the calibration
+    windows entering it, ``outputs`` receives what leaves it (first dense, then pruned), and
+    ``dense_stream`` (``fit_target="dense"``) is the dense model's own trajectory, advanced in place."""
 
-    def forward(hidden: torch.Tensor) -> torch.Tensor:
-        return block_output(block(hidden, **kwargs))
+    index: int
+    num_blocks: int
+    block: nn.Module
+    layout: BlockLayout
+    inputs: torch.Tensor
+    outputs: torch.Tensor
+    kwargs: dict[str, Any]
+    device: torch.device
+    offload: torch.device
+    dense_stream: torch.Tensor | None = None
 
-    linears = block_linears(block, layout)
-    check_finite(inputs, "input activations", index)
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return block_output(self.block(hidden, **self.kwargs))
+
+    def weight_name(self, role: str) -> str:
+        return f"{self.layout.layers}.{self.index}.{self.layout.components[role]}.weight"
+
+
+def prune_one_block(job: BlockJob, method: PruningMethod, settings: EngineSettings) -> BlockOutcome:
+    """Prune one block in place: calibrate (dense outputs and statistics), prune (the method, then
+    the dense-target fit and reconstruction the settings ask for), propagate (the pruned outputs
+    replace the dense ones in ``job.outputs``, measuring each layer's error), and record. The public
+    single-block entry point; ``run_layerwise`` calls it for every block."""
+    linears = block_linears(job.block, job.layout)
+    check_finite(job.inputs, "input activations", job.index)
     for role, lin in linears.items():
-        check_finite(lin.weight, "weights", index, role)
-    stats, handles = _statistics_for(linears, layout, method.statistics)
-    # Calibrating: dense outputs, with statistics hooks attached.
+        check_finite(lin.weight, "weights", job.index, role)
+    stats = _calibrate(job, linears, method.statistics)
+    reordered = method.reorder_block(linears, stats, lambda: _output_change(job.forward, job.inputs, job.outputs, job.device))
+    paired = _advance_dense_stream(job, linears, method)
+    dense_weights = {role: lin.weight.detach().clone() for role, lin in linears.items()}
+    ctx = BlockContext(
+        index=job.index,
+        num_blocks=job.num_blocks,
+        block=job.block,
+        linears=linears,
+        statistics=stats,
+        target=settings.target,
+        inputs=job.inputs,
+        dense_outputs=job.outputs,
+        forward=job.forward,
+        device=job.device,
+        kwargs=job.kwargs,
+        names={role: job.weight_name(role) for role in linears},
+        block_info=dict(reordered),
+    )
+    block_masks = _prune(job, ctx, method, settings, paired, dense_weights)
+    del stats
+    # The dense copies become ΔW = W − W' in place: no third copy of the block's weights.
+    meters = {role: _ErrorMeter(dense_weights.pop(role).sub_(lin.weight.detach())) for role, lin in linears.items()}
+    errors = _propagate(job, linears, meters)
+    return _record(job, linears, meters, ctx, block_masks, settings.target, errors)
+
+
+def _calibrate(job: BlockJob, linears: dict[str, nn.Linear], kind: StatisticsKind) -> dict[str, InputStatistics]:
+    """The dense block's outputs into ``job.outputs``, with the method's statistics gathered on the way."""
+    stats, handles = _statistics_for(linears, job.layout, kind)
     with torch.no_grad():
         try:
-            for s in range(nsamples):
-                outputs[s] = forward(inputs[s : s + 1].to(device))[0].to(offload)
+            for s in range(job.inputs.shape[0]):
+                job.outputs[s] = job.forward(job.inputs[s : s + 1].to(job.device))[0].to(job.offload)
         finally:
             for handle in handles:
                 handle.remove()
-    check_finite(outputs, "output activations", index)
-    _check_statistics(stats, index)
-    reordered = method.reorder_block(linears, stats, lambda: _output_change(forward, inputs, outputs, device))
-    paired = _advance_dense_stream(index, block, linears, layout, method, inputs, dense_stream, forward, device, offload)
+    check_finite(job.outputs, "output activations", job.index)
+    _check_statistics(stats, job.index)
+    return stats
 
-    dense_weights = {role: lin.weight.detach().clone() for role, lin in linears.items()}
-    ctx = BlockContext(
-        index=index,
-        num_blocks=num_blocks,
-        block=block,
-        linears=linears,
-        statistics=stats,
-        target=method.config.target,
-        inputs=inputs,
-        dense_outputs=outputs,
-        forward=forward,
-        device=device,
-        kwargs=kwargs,
-        names={role: f"{layout.layers}.{index}.{layout.components[role]}.weight" for role in linears},
-        block_info=dict(reordered),
-    )
+
+def _prune(job: BlockJob, ctx: BlockContext, method: PruningMethod, settings: EngineSettings,
+           paired: PairedInputs | None, dense_weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The method, then what the settings add; on any failure the block is left dense."""
+    linears = ctx.linears
     try:
         if paired is not None:
-            apply_dense_target(linears, stats, paired, settings.target_damp)
+            apply_dense_target(linears, ctx.statistics, paired, settings.fit_target_damp)
         block_masks = method.prune_block(ctx)
         if settings.reconstruct.steps > 0:
-            targets = dense_stream if settings.fit_target == "dense" else outputs
-            report = reconstruct_block(block, forward, linears, block_masks, inputs, targets, settings.reconstruct,
-                                       device, seed=settings.seed * 1_000_003 + index, index=index)
+            targets = job.dense_stream if settings.fit_target == "dense" else job.outputs
+            report = reconstruct_block(job.block, job.forward, linears, block_masks, job.inputs, targets, settings.reconstruct,
+                                       job.device, seed=settings.seed * 1_000_003 + job.index, index=job.index)
             ctx.block_info["reconstruct"] = report.as_info()
-        _fault_point(index, "mid_block")  # the block is pruned in memory, nothing of it on disk yet
+        fault_point(job.index, "mid_block")  # the block is pruned in memory, nothing of it on disk yet
         for role, lin in linears.items():
-            check_finite(lin.weight, "pruned weights", index, role)
+            check_finite(lin.weight, "pruned weights", job.index, role)
     except BaseException:
         with torch.no_grad():  # leave the block dense, whatever the method did
             for role, lin in linears.items():
                 lin.weight.copy_(dense_weights[role])
         raise
-    del stats
+    return block_masks
 
-    # Propagating: pruned outputs become the next block's inputs, in place.
-    # The dense copies become ΔW = W − W' in place: no third copy of the block's weights.
-    meters = {role: _ErrorMeter(dense_weights.pop(role).sub_(lin.weight.detach())) for role, lin in linears.items()}
+
+@dataclass
+class _Errors:
+    output: float
+    update: float
+    dense: float | None
+
+
+def _propagate(job: BlockJob, linears: dict[str, nn.Linear], meters: dict[str, _ErrorMeter]) -> _Errors:
+    """Pruned outputs become the next block's inputs, in place, while each layer's error is metered."""
     handles = [linears[role].register_forward_hook(meter) for role, meter in meters.items()]
     err_num = err_den = update_den = far_num = far_den = 0.0
     with torch.no_grad():
         try:
-            for s in range(nsamples):
-                hidden = inputs[s : s + 1].to(device)
-                pruned = forward(hidden)[0]
-                dense = outputs[s].to(device)
+            for s in range(job.inputs.shape[0]):
+                hidden = job.inputs[s : s + 1].to(job.device)
+                pruned = job.forward(hidden)[0]
+                dense = job.outputs[s].to(job.device)
                 err_num += float((pruned - dense).float().pow(2).sum())
                 err_den += float(dense.float().pow(2).sum())
                 update_den += float((dense - hidden[0]).float().pow(2).sum())
-                if dense_stream is not None:
-                    trajectory = dense_stream[s].to(device).float()
+                if job.dense_stream is not None:
+                    trajectory = job.dense_stream[s].to(job.device).float()
                     far_num += float((pruned.float() - trajectory).pow(2).sum())
                     far_den += float(trajectory.pow(2).sum())
-                outputs[s] = pruned.to(offload)
+                job.outputs[s] = pruned.to(job.offload)
         finally:
             for handle in handles:
                 handle.remove()
-    check_finite(outputs, "pruned output activations", index)
+    check_finite(job.outputs, "pruned output activations", job.index)
+    return _Errors(err_num / err_den if err_den > 0 else 0.0, err_num / update_den if update_den > 0 else 0.0,
+                   (far_num / far_den if far_den > 0 else 0.0) if job.dense_stream is not None else None)
 
-    records = []
-    for role, lin in linears.items():
-        records.append(
-            LayerRecord(
-                block=index,
-                component=role,
-                name=f"{layout.layers}.{index}.{layout.components[role]}.weight",
-                shape=list(lin.weight.shape),
-                sparsity=sparsity_of(lin.weight),
-                rel_error=meters[role].relative,
-                info=ctx.info.get(role, {}),
-                nm_violations=_violations(lin.weight, method.config.target),
-            )
+
+def _record(job: BlockJob, linears: dict[str, nn.Linear], meters: dict[str, _ErrorMeter], ctx: BlockContext,
+            block_masks: dict[str, torch.Tensor], target, errors: _Errors) -> BlockOutcome:
+    records = [
+        LayerRecord(
+            block=job.index,
+            component=role,
+            name=job.weight_name(role),
+            shape=list(lin.weight.shape),
+            sparsity=sparsity_of(lin.weight),
+            rel_error=meters[role].relative,
+            info=ctx.info.get(role, {}),
+            nm_violations=_violations(lin.weight, target),
         )
+        for role, lin in linears.items()
+    ]
     masks = {role: block_masks[role].detach().to("cpu", torch.bool) for role in linears}
-    return _BlockOutcome(masks, records, err_num / err_den if err_den > 0 else 0.0,
-                         err_num / update_den if update_den > 0 else 0.0, ctx.block_info,
-                         (far_num / far_den if far_den > 0 else 0.0) if dense_stream is not None else None)
+    return BlockOutcome(masks, records, errors.output, errors.update, ctx.block_info, errors.dense)
 
 
 def _output_change(forward, inputs: torch.Tensor, outputs: torch.Tensor, device: torch.device) -> float:
@@ -307,44 +344,43 @@ def _output_change(forward, inputs: torch.Tensor, outputs: torch.Tensor, device:
     return float((now - before).norm() / before.norm().clamp_min(1e-12))
 
 
-def _advance_dense_stream(
-    index, block, linears, layout, method, inputs, dense_stream, forward, device, offload
-) -> PairedInputs | None:
+def _advance_dense_stream(job: BlockJob, linears: dict[str, nn.Linear], method: PruningMethod) -> PairedInputs | None:
     """Run the dense block on the dense trajectory, in place. When the method updates weights
     and the streams differ, pair each layer's inputs on both streams on the way."""
+    inputs, dense_stream, device, offload = job.inputs, job.dense_stream, job.device, job.offload
     if dense_stream is None:
         return None
     paired = None
     if method.updates_weights and not torch.equal(inputs, dense_stream):
-        paired = PairedInputs(linears, layout)
+        paired = PairedInputs(linears, job.layout)
     with torch.no_grad():
         for s in range(inputs.shape[0]):
             if paired is not None:
                 with paired.recording_pruned():
-                    forward(inputs[s : s + 1].to(device))
+                    job.forward(inputs[s : s + 1].to(device))
                 with paired.pairing_dense():
-                    dense_stream[s] = forward(dense_stream[s : s + 1].to(device))[0].to(offload)
+                    dense_stream[s] = job.forward(dense_stream[s : s + 1].to(device))[0].to(offload)
             else:
-                dense_stream[s] = forward(dense_stream[s : s + 1].to(device))[0].to(offload)
-    check_finite(dense_stream, "dense-trajectory activations", index)
+                dense_stream[s] = job.forward(dense_stream[s : s + 1].to(device))[0].to(offload)
+    check_finite(dense_stream, "dense-trajectory activations", job.index)
     return paired
 
 
-def _dense_block(index, block, layout, inputs, outputs, kwargs, device, offload, dense_stream=None) -> _BlockOutcome:
-    """Keep a block dense (after a NaN with --on-nan skip): outputs are the dense outputs."""
+def _dense_block(job: BlockJob) -> BlockOutcome:
+    """Keep a block dense (after a NaN with on_nan="skip"): outputs are the dense outputs."""
     with torch.no_grad():
-        for s in range(inputs.shape[0]):
-            outputs[s] = block_output(block(inputs[s : s + 1].to(device), **kwargs))[0].to(offload)
-            if dense_stream is not None:
-                dense_stream[s] = block_output(block(dense_stream[s : s + 1].to(device), **kwargs))[0].to(offload)
-    linears = block_linears(block, layout)
+        for s in range(job.inputs.shape[0]):
+            job.outputs[s] = job.forward(job.inputs[s : s + 1].to(job.device))[0].to(job.offload)
+            if job.dense_stream is not None:
+                job.dense_stream[s] = job.forward(job.dense_stream[s : s + 1].to(job.device))[0].to(job.offload)
+    linears = block_linears(job.block, job.layout)
     records = [
-        LayerRecord(index, role, f"{layout.layers}.{index}.{layout.components[role]}.weight",
-                    list(lin.weight.shape), sparsity_of(lin.weight), 0.0, {"skipped": True}, None)
+        LayerRecord(job.index, role, job.weight_name(role), list(lin.weight.shape), sparsity_of(lin.weight), 0.0,
+                    {"skipped": True}, None)
         for role, lin in linears.items()
     ]
     masks = {role: torch.ones_like(lin.weight, dtype=torch.bool, device="cpu") for role, lin in linears.items()}
-    return _BlockOutcome(masks, records, 0.0)
+    return BlockOutcome(masks, records, 0.0)
 
 
 def run_layerwise(
@@ -353,18 +389,17 @@ def run_layerwise(
     method: PruningMethod,
     input_ids: torch.Tensor,
     device: torch.device,
-    offload_activations: bool = True,
+    settings: EngineSettings,
     progress: bool = True,
     store: BlockStore | None = None,
     checkpoint: RunCheckpoint | None = None,
-    on_nan: Literal["error", "skip"] = "error",
     activation_dir: Path | None = None,
 ) -> LayerwiseResult:
-    """Prune every block of ``model`` in turn. ``activation_dir``: keep the calibration
-    activations in memory-mapped files there instead of RAM."""
-    offload = torch.device("cpu") if offload_activations or activation_dir is not None else device
-    settings = method.config
-    check_dense_target(method)
+    """Prune every block of ``model`` in turn, as ``settings`` say (the engine reads nothing else of
+    the run's configuration). ``activation_dir``: keep the calibration activations in
+    memory-mapped files there instead of RAM."""
+    offload = torch.device("cpu") if settings.offload_activations or activation_dir is not None else device
+    check_dense_target(method, settings)
     if activation_dir is not None:
         activation_dir.mkdir(parents=True, exist_ok=True)
     store = store or ModelBlocks(model, layout)
@@ -412,28 +447,28 @@ def run_layerwise(
             groups = discover_input_groups(block, layout, lambda h: block(h, **block_kwargs[index]),
                                            inputs[0:1].to(device))
             layout = dataclasses.replace(layout, input_groups=groups)
+        job = BlockJob(index, num_blocks, block, layout, inputs, outputs, block_kwargs[index], device, offload, dense_stream)
         try:
-            outcome = _prune_block(index, num_blocks, block, layout, method, inputs, outputs, block_kwargs[index], device,
-                                   offload, dense_stream)
+            outcome = prune_one_block(job, method, settings)
         except NonFiniteError as exc:
-            if on_nan != "skip":
+            if settings.on_nan != "skip":
                 raise
             log.warning("block %d kept dense: %s", index, str(exc).split(";")[0])
             skipped.append({"block": index, "reason": str(exc).split(";")[0]})
-            outcome = _dense_block(index, block, layout, inputs, outputs, block_kwargs[index], device, offload, dense_stream)
+            outcome = _dense_block(job)
         layer_records.extend(outcome.layers)
         block_records.append(BlockRecord(index, outcome.rel_error, time.perf_counter() - start,
                                          outcome.rel_update_error, outcome.info, outcome.rel_dense_error))
-        named_masks = {f"{layout.layers}.{index}.{layout.components[role]}.weight": m for role, m in outcome.masks.items()}
+        named_masks = {job.weight_name(role): m for role, m in outcome.masks.items()}
         inputs, outputs = outputs, inputs
         if checkpoint is not None:
-            _fault_point(index, "before_checkpoint")
+            fault_point(index, "before_checkpoint")
             checkpoint.save_block(
                 index, store.block_state(index, block), named_masks, inputs, method.state_dict(),
                 [asdict(r) for r in layer_records], [asdict(b) for b in block_records], skipped,
                 dense_stream=dense_stream,
             )
-            _fault_point(index, "after_checkpoint")
+            fault_point(index, "after_checkpoint")
         else:
             masks.update(named_masks)
         store.release(index, block)
@@ -445,7 +480,7 @@ def _resumed_dense_stream(resume, settings, offload, activation_dir) -> torch.Te
     if settings.fit_target != "dense":
         return None
     if resume.dense_stream is None:
-        raise HyperpruneError("the checkpoint holds no dense trajectory for --target dense; pass --overwrite to start over")
+        raise HyperpruneError("the checkpoint holds no dense trajectory for --fit-target dense; pass --overwrite to start over")
     stream = activation_buffer(tuple(resume.dense_stream.shape), resume.dense_stream.dtype, offload, activation_dir, "dense")
     stream.copy_(resume.dense_stream)
     return stream

@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from hyperprune.config import ReconstructOptions
-from hyperprune.engine.checkpoint import _fault_point
-from hyperprune.engine.masked_training import EarlyStopping, MaskedWeights
+from hyperprune.faults import fault_point
+from hyperprune.numerics.masked_training import EarlyStopping, MaskedWeights, window_order
 
 
 @dataclass
@@ -40,20 +40,6 @@ class ReconstructReport:
 def output_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean squared error of a block's output, in float32."""
     return (prediction.float() - target.float()).pow(2).mean()
-
-
-def window_order(train_windows: int, steps: int, batch_size: int, generator: torch.Generator) -> list[list[int]]:
-    """Each step's batch of training windows: shuffled passes over the set, reshuffled each pass."""
-    batches: list[list[int]] = []
-    pool: list[int] = []
-    for _ in range(steps):
-        batch = []
-        while len(batch) < min(batch_size, train_windows):
-            if not pool:
-                pool = torch.randperm(train_windows, generator=generator).tolist()
-            batch.append(pool.pop())
-        batches.append(batch)
-    return batches
 
 
 def reconstruct_block(
@@ -106,7 +92,7 @@ def reconstruct_block(
                 optimizer.step()
                 weights.reapply()
                 steps_run = step
-                _fault_point(index, "reconstruct")
+                fault_point(index, "reconstruct")
                 if (step % options.eval_every == 0 or step == len(batches)) and stopper.check(step, held_out_error()):
                     break
             stopper.keep_best()

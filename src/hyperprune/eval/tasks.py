@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hyperprune.data.zeroshot import ZEROSHOT_TASKS, zeroshot_task_file
+from hyperprune.data.task_data import ZEROSHOT_TASKS, zeroshot_task_file
 from hyperprune.errors import HyperpruneError
 
 ZEROSHOT_GROUP = "zeroshot7"

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from hyperprune.config import ZeroShotOptions
-from hyperprune.data.zeroshot import ZEROSHOT_TASKS, zeroshot_task_file
+from hyperprune.data.task_data import ZEROSHOT_TASKS, zeroshot_task_file
 from hyperprune.errors import HyperpruneError
 from hyperprune.eval.tasks import EVAL_EXTRA_HINT, TaskSpec, import_lm_eval, lm_eval_task, load_jsonl_task, parse_tasks
 
@@ -88,7 +88,7 @@ def evaluate_tasks(
     # lm-eval draws progress bars of its own while it builds requests; --quiet silences them.
     silenced = contextlib.nullcontext() if progress else contextlib.redirect_stderr(io.StringIO())
     try:
-        with torch.no_grad(), silenced, warnings.catch_warnings():
+        with torch.no_grad(), silenced, warnings.catch_warnings(), _quiet_git_hash():
             # HFLM passes a legacy cache argument that transformers 5 warns about on every call.
             warnings.filterwarnings("ignore", message="Both `past_key_values` and `cache` are set")
             output = lm_eval.simple_evaluate(
@@ -165,3 +165,29 @@ def _wrap(model, tokenizer, device: torch.device, batch_size: int, progress: boo
             return super().loglikelihood(requests, disable_tqdm=disable_tqdm or not progress)
 
     return _QuietableHFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(device))
+
+
+@contextlib.contextmanager
+def _quiet_git_hash():
+    """lm-eval records the git commit of the working directory by running ``git describe``, whose
+    "fatal: not a git repository" outside one reaches our stderr: ask git the same, quietly."""
+    import subprocess
+
+    import lm_eval.evaluator as evaluator
+
+    def quiet() -> str | None:
+        try:
+            done = subprocess.run(["git", "describe", "--always"], capture_output=True, text=True, check=False)
+        except OSError:
+            return None
+        return done.stdout.strip() or None
+
+    original = getattr(evaluator, "get_git_commit_hash", None)
+    if original is None:
+        yield
+        return
+    evaluator.get_git_commit_hash = quiet
+    try:
+        yield
+    finally:
+        evaluator.get_git_commit_hash = original

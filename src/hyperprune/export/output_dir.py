@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from hyperprune.errors import HyperpruneError
-from hyperprune.export.shards import DIR_MODE, io_error, write_bytes_atomic
+from hyperprune.export.shard_writer import DIR_MODE, io_error, write_bytes_atomic
 
 
 def check_output_dir(path: str | os.PathLike, overwrite: bool) -> Path:

@@ -17,10 +17,11 @@ from typing import Callable
 
 import torch
 
-from hyperprune.engine.end_to_end import check_mask_memory, train_end_to_end
+from hyperprune.numerics.end_to_end import check_mask_memory, train_end_to_end
 from hyperprune.masks import nm_patterns
-from hyperprune.methods.base import register_method
-from hyperprune.methods.whole_model import WholeModelMasks, one_shot_masks
+from hyperprune.config import MaskLLMOptions
+from hyperprune.methods.base import WholeModelPass, register_method
+from hyperprune.methods.whole_model import WholeModelMasks
 from hyperprune.models.architectures import prunable_weight_names
 
 _MASK_STATE_COPIES = 5  # logits, gradient, Adam's two moments, the Gumbel draw
@@ -53,11 +54,11 @@ def most_likely_patterns(logits: torch.Tensor, patterns: torch.Tensor, shape: to
     return patterns[logits.detach().argmax(dim=1)].bool().reshape(shape)
 
 
-def prior_logits(config, model, layout, calib_ids, device, names: list[str], patterns: torch.Tensor) -> dict[str, torch.Tensor]:
-    """MaskLLM's starting point: trainable logits for every named weight, from the one-shot prior's masks."""
-    options = config.maskllm
-    prior = one_shot_masks(options.prior, config, model, layout, calib_ids, device)
-    return {name: logits_from_prior(prior.pop(name).to(device), patterns, options.init_scale).requires_grad_(True)
+def prior_logits(prior: dict[str, torch.Tensor], init_scale: float, device, names: list[str],
+                 patterns: torch.Tensor) -> dict[str, torch.Tensor]:
+    """MaskLLM's starting point: trainable logits for every named weight, from the one-shot prior's
+    masks (``prior``, by weight name; consumed)."""
+    return {name: logits_from_prior(prior.pop(name).to(device), patterns, init_scale).requires_grad_(True)
             for name in names}
 
 
@@ -76,7 +77,8 @@ def soft_masked_weights(logits: dict[str, torch.Tensor], params: dict[str, torch
 MaskSnapshot = Callable[[int, Callable[[], dict[str, torch.Tensor]]], None]
 
 
-@register_method("maskllm")
+@register_method("maskllm", options=MaskLLMOptions,
+                 summary="MaskLLM (Fang et al. 2024; end to end, small models): Gumbel-Softmax over n:m patterns")
 class MaskLLM(WholeModelMasks):
     supports_unstructured = False
     # Called with (steps done, read-off) before training and after every step, where read-off()
@@ -84,15 +86,18 @@ class MaskLLM(WholeModelMasks):
     # measured in one run (benchmarks/maskllm_curve.py). None in normal use.
     on_step: MaskSnapshot | None = None
 
-    def compute_masks(self, model, layout, calib_ids, device, progress) -> dict[str, torch.Tensor]:
-        options, pattern = self.config.maskllm, self.config.target.pattern
+    uses_hessian = True  # through its one-shot prior (sparsegpt by default)
+
+    def compute_masks(self, run: WholeModelPass) -> dict[str, torch.Tensor]:
+        model, layout, calib_ids, device, progress = run.model, run.layout, run.calib_ids, run.device, run.progress
+        options, pattern = self.options, self.config.target.pattern
         names = prunable_weight_names(model, layout)
         params = dict(model.named_parameters())
         check_mask_memory("maskllm", sum(params[name].numel() for name in names), pattern.m,
                           math.comb(pattern.m, pattern.n), _MASK_STATE_COPIES, options.max_memory_gib,
                           f"{math.comb(pattern.m, pattern.n)} float32 logits per group of {pattern.m} weights")
         patterns = nm_patterns(pattern.n, pattern.m).to(device)
-        logits = prior_logits(self.config, model, layout, calib_ids, device, names, patterns)
+        logits = prior_logits(run.one_shot_masks(options.prior), options.init_scale, device, names, patterns)
         generator = torch.Generator().manual_seed(self.config.seed)
         kappa_final = options.logit_scale if options.logit_scale_final is None else options.logit_scale_final
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from hyperprune.config import MaskProOptions, SparsityTarget
-from hyperprune.engine.statistics import StatisticsKind
+from hyperprune.numerics.statistics import StatisticsKind
 from hyperprune.masks import nm_mask_from_scores
 from hyperprune.methods.base import PruningMethod, register_method
 from hyperprune.methods.scoring import wanda_scores
@@ -86,13 +86,15 @@ def train_mask_logits(
                    "changed_from_prior": float((final != prior).float().mean() / 2)}
 
 
-@register_method("maskpro")
+@register_method("maskpro", options=MaskProOptions,
+                 summary="MaskPro (layer-wise here): policy-gradient learning of n:m masks from a prior")
 class MaskPro(PruningMethod):
     statistics = StatisticsKind.HESSIAN
+    uses_hessian = True
     supports_unstructured = False
 
     def prune_block(self, ctx) -> dict[str, torch.Tensor]:
-        options, pattern = self.config.maskpro, ctx.target.pattern
+        options, pattern = self.options, ctx.target.pattern
         masks = {}
         for number, (role, linear) in enumerate(ctx.linears.items()):
             weight, hessian = linear.weight.detach(), ctx.statistics[role].hessian()
@@ -106,8 +108,8 @@ class MaskPro(PruningMethod):
         return masks
 
     def _prior(self, weight, stats, hessian, target: SparsityTarget, where: str) -> torch.Tensor:
-        kind = self.config.maskpro.prior
+        kind = self.options.prior
         if kind == "sparsegpt":
-            return sparsegpt_prune(weight, hessian, target, self.config.sparsegpt, where).mask
+            return sparsegpt_prune(weight, hessian, target, self.config.hessian, where).mask
         scores = wanda_scores(weight, stats.column_norms) if kind == "wanda" else weight.abs().float()
         return nm_mask_from_scores(scores, target.pattern.n, target.pattern.m)

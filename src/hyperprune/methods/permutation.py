@@ -17,7 +17,6 @@ model (and where that is exact) is the caller's business.
 from __future__ import annotations
 
 import torch
-from scipy.optimize import linear_sum_assignment
 
 
 def kept_score(scores: torch.Tensor, n: int, m: int) -> float:
@@ -57,6 +56,8 @@ def _placement_gain(scores: torch.Tensor, remaining: torch.Tensor, candidates: t
 
 def refine_allocation(scores: torch.Tensor, perm: torch.Tensor, n: int, m: int, rounds: int, chunk: int = 64) -> torch.Tensor:
     """Step 2: improve ``perm`` by optimal reassignment of one position of every group at a time."""
+    from scipy.optimize import linear_sum_assignment  # scipy loads in ~0.5 s: only when permuting
+
     if n >= m or rounds <= 0:
         return perm
     groups = scores.shape[1] // m

@@ -19,9 +19,10 @@ import itertools
 
 import torch
 
-from hyperprune.engine.end_to_end import check_mask_memory, train_end_to_end
+from hyperprune.numerics.end_to_end import check_mask_memory, train_end_to_end
 from hyperprune.masks import nm_mask_from_scores
-from hyperprune.methods.base import register_method
+from hyperprune.config import ProxSparseOptions
+from hyperprune.methods.base import WholeModelPass, register_method
 from hyperprune.methods.whole_model import WholeModelMasks
 from hyperprune.models.architectures import prunable_weight_names
 
@@ -55,12 +56,14 @@ def proximal_shrink(weight: torch.Tensor, n: int, m: int, step: float, unit: flo
     groups.copy_(torch.sign(groups) * (magnitudes - shrink).clamp_min(0.0))
 
 
-@register_method("proxsparse")
+@register_method("proxsparse", options=ProxSparseOptions,
+                 summary="ProxSparse (end to end, small models): n:m regularizer with a proximal step, mask read off")
 class ProxSparse(WholeModelMasks):
     supports_unstructured = False
 
-    def compute_masks(self, model, layout, calib_ids, device, progress) -> dict[str, torch.Tensor]:
-        options, pattern = self.config.proxsparse, self.config.target.pattern
+    def compute_masks(self, run: WholeModelPass) -> dict[str, torch.Tensor]:
+        model, layout, calib_ids, device, progress = run.model, run.layout, run.calib_ids, run.device, run.progress
+        options, pattern = self.options, self.config.target.pattern
         n, m = pattern.n, pattern.m
         names = prunable_weight_names(model, layout)
         params = dict(model.named_parameters())

@@ -18,7 +18,8 @@ from typing import Any
 
 import torch
 
-from hyperprune.engine.statistics import StatisticsKind
+from hyperprune.config import RIAOptions
+from hyperprune.numerics.statistics import StatisticsKind
 from hyperprune.methods.base import PruningMethod, register_method
 from hyperprune.methods.permutation import kept_score, nm_channel_permutation
 from hyperprune.methods.scoring import mask_from_scores, ria_scores
@@ -42,12 +43,12 @@ def permute_channels(linears: dict, consumer: str, producers: tuple[str, ...], p
                 lin.bias.copy_(lin.bias[index])
 
 
-@register_method("ria")
+@register_method("ria", options=RIAOptions, summary="RIA (Zhang et al. 2024): relative importance and activations, optional channel permutation")
 class RIA(PruningMethod):
     statistics = StatisticsKind.NORMS
 
     def reorder_block(self, linears, statistics, probe) -> dict[str, Any]:
-        options, pattern = self.config.ria, self.config.target.pattern
+        options, pattern = self.options, self.config.target.pattern
         if not options.permute or pattern is None:
             return {}
         notes = {}
@@ -76,5 +77,5 @@ class RIA(PruningMethod):
         return {"channel_permutation": notes}
 
     def prune_linear(self, linear, stats, target, where) -> torch.Tensor:
-        scores = ria_scores(linear.weight.detach(), stats.column_norms, self.config.ria.power)
+        scores = ria_scores(linear.weight.detach(), stats.column_norms, self.options.power)
         return mask_from_scores(scores, target, per_row=True)  # RIA's unstructured mode compares within a row

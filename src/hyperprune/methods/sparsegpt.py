@@ -11,11 +11,11 @@ from dataclasses import dataclass
 
 import torch
 
-from hyperprune.config import SparseGPTOptions, SparsityTarget
-from hyperprune.engine.statistics import StatisticsKind
+from hyperprune.config import HessianOptions, SparseGPTOptions, SparsityTarget
+from hyperprune.numerics.statistics import StatisticsKind
 from hyperprune.errors import HyperpruneError
-from hyperprune.methods.base import PruningMethod, register_method
-from hyperprune.methods.refit import lstsq_refit
+from hyperprune.methods.base import PruningMethod, register_method, register_preset
+from hyperprune.numerics.refit import lstsq_refit
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class InverseHessianFactor:
     dead: torch.Tensor
 
 
-def inverse_hessian_factor(hessian: torch.Tensor, options: SparseGPTOptions, where: str = "layer",
+def inverse_hessian_factor(hessian: torch.Tensor, options: HessianOptions, where: str = "layer",
                            pinned: bool = False) -> InverseHessianFactor:
     """Factor H for SparseGPT. Inputs that were always zero carry no information: they are
     pinned (diag 1) so H stays invertible; ``hessian`` is modified in place unless already ``pinned``."""
@@ -90,7 +90,7 @@ def sparsegpt_prune(
     weight: torch.Tensor,
     hessian: torch.Tensor,
     target: SparsityTarget,
-    options: SparseGPTOptions = SparseGPTOptions(),
+    options: HessianOptions = HessianOptions(),
     where: str = "layer",
     keep_mask: torch.Tensor | None = None,
     overwrite_hessian: bool = False,
@@ -162,27 +162,27 @@ def sparsegpt_prune(
     return SparseGPTResult(W.to(weight.dtype), ~pruned, float(losses.sum()), used_damp)
 
 
-@register_method("sparsegpt")
+@register_method("sparsegpt", options=SparseGPTOptions,
+                 summary="SparseGPT (Frantar & Alistarh 2023): OBS mask and sequential weight update")
 class SparseGPT(PruningMethod):
     """SparseGPT's mask and update; with ``refit="lstsq"`` its mask, then the exact refit."""
 
     statistics = StatisticsKind.HESSIAN
-    refit = None  # None: from the options
-    updates_weights = True
+    uses_hessian = True
+
+    @property
+    def updates_weights(self) -> bool:
+        return True
 
     def prune_linear(self, linear, stats, target, where) -> torch.Tensor:
-        options = self.config.sparsegpt
         hessian = stats.hessian()  # SparseGPT pins its dead inputs in place; the lstsq refit would do the same
-        result = sparsegpt_prune(linear.weight.data, hessian, target, options, where, overwrite_hessian=True)
+        result = sparsegpt_prune(linear.weight.data, hessian, target, self.config.hessian, where, overwrite_hessian=True)
         weight = result.weight
-        if (self.refit or options.refit) == "lstsq":
-            weight = lstsq_refit(linear.weight.data, hessian, result.mask, options.lstsq_damp)
+        if self.options.refit == "lstsq":
+            weight = lstsq_refit(linear.weight.data, hessian, result.mask, self.options.lstsq_damp)
         linear.weight.data.copy_(weight)
         return result.mask
 
 
-@register_method("sparsegpt+lstsq")
-class SparseGPTLstsq(SparseGPT):
-    """SparseGPT's mask with the exact least-squares refit (= sparsegpt --sparsegpt-refit lstsq)."""
-
-    refit = "lstsq"
+register_preset("sparsegpt+lstsq", "sparsegpt", "SparseGPT's mask, then the exact least-squares refit of the kept weights",
+                refit="lstsq")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from hyperprune.engine.statistics import StatisticsKind
+from hyperprune.numerics.statistics import StatisticsKind
 from hyperprune.methods.base import PruningMethod, register_method
 from hyperprune.methods.scoring import mask_from_scores, wanda_scores
 

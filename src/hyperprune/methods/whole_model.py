@@ -7,26 +7,24 @@ skips the whole-model pass; a run killed during the pass itself starts it again.
 
 from __future__ import annotations
 
-import copy
-
 import torch
 
 from hyperprune.errors import HyperpruneError
 from hyperprune.masks import pack_mask, unpack_mask
-from hyperprune.methods.base import BlockContext, PruningMethod, get_method
+from hyperprune.methods.base import BlockContext, PruningMethod, WholeModelPass
 
 
 class WholeModelMasks(PruningMethod):
     needs_whole_model = True
 
-    def __init__(self, config) -> None:
-        super().__init__(config)
+    def __init__(self, config, preset=None) -> None:
+        super().__init__(config, preset)
         self.masks: dict[str, torch.Tensor] = {}
         self.prepared = False
         self.whole_model_info: dict = {}  # what the whole-model pass reports (in block 0's record)
 
-    def prepare(self, model, layout, calib_ids, device, progress) -> None:
-        self.masks = self.compute_masks(model, layout, calib_ids, device, progress)
+    def prepare(self, whole_model: WholeModelPass) -> None:
+        self.masks = self.compute_masks(whole_model)
         self.prepared = True
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -41,7 +39,7 @@ class WholeModelMasks(PruningMethod):
         self.masks = {name: unpack_mask(state[f"{name}|packed"], tuple(state[f"{name}|shape"].tolist())) for name in names}
         self.prepared = True
 
-    def compute_masks(self, model, layout, calib_ids, device, progress) -> dict[str, torch.Tensor]:
+    def compute_masks(self, run: WholeModelPass) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
     def prune_block(self, ctx: BlockContext) -> dict[str, torch.Tensor]:
@@ -55,14 +53,3 @@ class WholeModelMasks(PruningMethod):
             masks[role] = keep.to(linear.weight.device)
             linear.weight.data.mul_(masks[role].to(linear.weight.dtype))
         return masks
-
-
-def one_shot_masks(method: str, config, model, layout, calib_ids, device) -> dict[str, torch.Tensor]:
-    """The masks a one-shot method (``sparsegpt``, ``wanda``, ``magnitude``) gives the model,
-    from a layer-wise run on a copy (small models only: the copy doubles the model's memory)."""
-    from hyperprune.engine.layerwise import run_layerwise  # the engine imports the method base: not at load time
-
-    prior_config = config.model_copy(update={"method": method, "reconstruct": config.reconstruct.model_copy(update={"steps": 0}),
-                                             "fit_target": "pruned"})
-    result = run_layerwise(copy.deepcopy(model), layout, get_method(method)(prior_config), calib_ids, device, progress=False)
-    return result.masks

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import importlib.util
 import logging
 from dataclasses import dataclass
@@ -121,7 +124,25 @@ def load_config(source: ModelSource, trust_remote_code: bool = False):
         raise HyperpruneError(f"could not read the model config of '{source.spec}': {' '.join(str(exc).split())[:200]}") from exc
 
 
-def load_model(spec: str, dtype: str = "float32", trust_remote_code: bool = False) -> LoadedModel:
+@contextmanager
+def loading_bars(enabled: bool) -> Iterator[None]:
+    """transformers' own progress bars (loading weights, de-quantizing GGUF) on or off, for the
+    duration of one load."""
+    if enabled:
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def load_model(spec: str, dtype: str = "float32", trust_remote_code: bool = False, progress: bool = True) -> LoadedModel:
     """Load a causal LM and its tokenizer on the CPU. The architecture is checked first,
     from the config alone, so an unsupported model fails before its weights load."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -131,8 +152,9 @@ def load_model(spec: str, dtype: str = "float32", trust_remote_code: bool = Fals
     check_decoder_config(config)
     kwargs = dict(gguf_file=source.gguf_file, trust_remote_code=trust_remote_code)
     try:
-        model = AutoModelForCausalLM.from_pretrained(source.path, dtype=torch_dtype(dtype), **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(source.path, **kwargs)
+        with loading_bars(progress):
+            model = AutoModelForCausalLM.from_pretrained(source.path, dtype=torch_dtype(dtype), **kwargs)
+            tokenizer = AutoTokenizer.from_pretrained(source.path, **kwargs)
     except (OSError, ValueError) as exc:
         if source.kind == "hub":
             raise _hub_error(source, exc) from exc
@@ -155,7 +177,7 @@ def detach_gguf_quantizer(model: nn.Module) -> None:
 
 def can_stream(source: ModelSource) -> bool:
     """Blocks can be streamed from local safetensors checkpoints (not from GGUF files)."""
-    from hyperprune.models.shards import has_safetensors
+    from hyperprune.models.shard_reader import has_safetensors
 
     return source.kind == "local" and source.gguf_file is None and has_safetensors(source.path)
 

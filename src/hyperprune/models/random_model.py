@@ -14,21 +14,9 @@ from tqdm.auto import tqdm
 
 from hyperprune.errors import HyperpruneError
 from hyperprune.export.output_dir import atomic_output_dir
-from hyperprune.export.shards import shard_name, write_index, write_tensors
+from hyperprune.export.shard_writer import shard_name, write_index, write_tensors
 from hyperprune.models.architectures import LLAMA_LAYOUT, torch_dtype
-
-# Shapes of well-known models (vocabulary aside: the embedded tokenizer's is used).
-PRESETS: dict[str, dict[str, int | float]] = {
-    "llama-2-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-                       num_key_value_heads=32, max_position_embeddings=4096, rms_norm_eps=1e-5),
-    "llama-2-13b": dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40, num_attention_heads=40,
-                        num_key_value_heads=40, max_position_embeddings=4096, rms_norm_eps=1e-5),
-    "llama-3-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-                       num_key_value_heads=8, max_position_embeddings=8192, rms_norm_eps=1e-5),
-    "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                         num_key_value_heads=3, max_position_embeddings=8192, rms_norm_eps=1e-5),
-}
-
+from hyperprune.models.model_presets import PRESETS
 
 def embedded_tokenizer():
     from transformers import AutoTokenizer

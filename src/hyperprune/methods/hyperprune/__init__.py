@@ -1,3 +1,3 @@
 """HyperPrune: a shared, context-aware hypernetwork that learns n:m masks."""
 
-from hyperprune.methods.hyperprune.method import HyperPrune, HyperPruneRefit  # noqa: F401  (registration)
+from hyperprune.methods.hyperprune.method import HyperPrune  # noqa: F401  (registration)

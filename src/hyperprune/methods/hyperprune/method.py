@@ -6,19 +6,20 @@ trained block by block. This module is the orchestration; the math is in
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import torch
 from torch.func import functional_call
 from torch.utils.checkpoint import checkpoint
 
 from hyperprune.config import HyperPruneOptions, PruneConfig
-from hyperprune.engine.statistics import StatisticsKind
+from hyperprune.numerics.statistics import StatisticsKind
 from hyperprune.masks import nm_patterns
-from hyperprune.methods.base import BlockContext, PruningMethod, register_method
+from hyperprune.methods.base import BlockContext, PruningMethod, register_method, register_preset
 from hyperprune.methods.hyperprune import objectives as obj
 from hyperprune.methods.hyperprune.network import HyperNetwork
 from hyperprune.methods.hyperprune.problem import LayerProblem, build_problem, input_terms, pattern_index
-from hyperprune.methods.refit import lstsq_refit, quadratic_output_error
+from hyperprune.numerics.refit import lstsq_refit, quadratic_output_error
 from hyperprune.methods.sparsegpt import sparsegpt_prune
 
 _CHECKPOINT_GROUPS = 1 << 21  # above this many groups in a layer, recompute h_θ in backward
@@ -28,20 +29,31 @@ _STEP_GROUPS = 1 << 16  # at most this many groups per layer and step on the lay
 _COMPACT_STEP_GROUPS = 1 << 14  # the same for 7B-sized layers, whose 7 graphs are kept until the backward
 
 
-@register_method("hyperprune")
+# HyperPrune's flags had no prefix before the registry generated them; those spellings stay as aliases.
+_UNPREFIXED = ("steps", "objective", "block_fraction", "relaxation", "refresh_every", "straight_through", "hidden_dim",
+               "depth", "features", "embed_dim", "embed_init", "lr", "embed_lr", "weight_decay", "tau0", "tau_final",
+               "tau_decay", "prior", "prior_gamma", "prior_decay", "prior_beta", "lambda_outlier", "lambda_continual",
+               "continual_groups", "row_fraction", "batch_size", "refit", "refit_method", "refit_damp", "refit_rounds",
+               "round_steps")
+_LEGACY_FLAGS = {field: ("--" + field.replace("_", "-"),) for field in _UNPREFIXED} | {
+    "layer_embedding": ("--no-layer-emb",), "component_embedding": ("--no-comp-emb",),
+    "outlier": ("--no-outlier",), "continual": ("--no-continual",),
+}
+
+
+@register_method("hyperprune", options=HyperPruneOptions, legacy_flags=_LEGACY_FLAGS,
+                 summary="HyperPrune (ICLR 2026): a shared, context-aware hypernetwork that learns n:m masks")
 class HyperPrune(PruningMethod):
     """Learned n:m masks (HyperPrune); ``options.refit`` adds a refit of the kept weights."""
 
     statistics = StatisticsKind.HESSIAN
     supports_unstructured = False
-    force_refit = False
+    uses_hessian = True
     checkpoint_groups = _CHECKPOINT_GROUPS  # class attribute, so a test can force the checkpointed path
 
-    def __init__(self, config: PruneConfig) -> None:
-        super().__init__(config)
-        self.options: HyperPruneOptions = config.hyperprune
-        if self.force_refit:
-            self.options = self.options.model_copy(update={"refit": True})
+    def __init__(self, config: PruneConfig, preset=None) -> None:
+        super().__init__(config, preset)
+        self.options: HyperPruneOptions
         self.network: HyperNetwork | None = None
         self.shape: tuple[int, int, int] | None = None  # in_features, patterns, layers
         self.cache_features = torch.zeros(0)
@@ -95,10 +107,10 @@ class HyperPrune(PruningMethod):
         for role, linear in ctx.linears.items():
             stats = ctx.statistics[role]
             if id(stats) not in shared_inputs:
-                shared_inputs[id(stats)] = input_terms(stats, self.config, pattern.m, f"block {ctx.index} {role}")
+                shared_inputs[id(stats)] = input_terms(stats, self.config.hessian, pattern.m, f"block {ctx.index} {role}")
             # One component embedding per role of the block (the paper's 7 for LLaMA-style blocks).
             problem = build_problem(role, linear.weight, stats, shared_inputs[id(stats)], ctx.target, opts.prior,
-                                    patterns, self.config, component=list(ctx.linears).index(role))
+                                    patterns, self.config.hessian, component=list(ctx.linears).index(role))
             self._refresh(problem, problem.current_keep)
             problems[role] = problem
         in_features = obj.feature_width(opts.features, pattern.n, pattern.m)
@@ -190,7 +202,7 @@ class HyperPrune(PruningMethod):
             # The problem's H (dead inputs pinned) gives the same damped system as a fresh copy.
             return lstsq_refit(weight, problem.hessian, keep, self.options.refit_damp)
         # OBS needs the raw H: it zeroes the weights of inputs never seen (diag H = 0).
-        return sparsegpt_prune(weight, ctx.statistics[role].hessian(), ctx.target, self.config.sparsegpt,
+        return sparsegpt_prune(weight, ctx.statistics[role].hessian(), ctx.target, self.config.hessian,
                                f"block {ctx.index} {role}", keep_mask=keep, overwrite_hessian=True).weight
 
     def _mask_info(self, problem: LayerProblem, keep: torch.Tensor) -> dict[str, float]:
@@ -226,6 +238,7 @@ class HyperPrune(PruningMethod):
         names = {id(module): name for name, module in ctx.block.named_modules()}
         weight_names = {role: f"{names[id(lin)]}.weight" for role, lin in ctx.linears.items()}
         clock = {"hypernet_s": 0.0, "objective_s": 0.0, "backward_s": 0.0}
+        shared = _StepInputs(ctx, network, problems, patterns, prior_table, generator, weight_names, clock)
         terms: dict[str, float] = {}
         network.train()
         for step in range(steps):
@@ -240,8 +253,7 @@ class HyperPrune(PruningMethod):
                     network.train()
                 clock["refresh_s"] = clock.get("refresh_s", 0.0) + _now(ctx.device) - start
             on_block = step >= block_from
-            step_terms = (self._block_step if on_block else self._layer_step)(
-                ctx, network, problems, patterns, prior_table, tau, gamma, generator, weight_names, clock)
+            step_terms = (self._block_step if on_block else self._layer_step)(shared, tau, gamma)
             loss = step_terms["reconstruction"]
             if opts.outlier and opts.lambda_outlier > 0:
                 loss = loss - opts.lambda_outlier * step_terms["outlier"]
@@ -257,10 +269,12 @@ class HyperPrune(PruningMethod):
         network.eval()
         return {"steps": steps, "final_tau": tau, **{f"final_{k}": v for k, v in terms.items()}, **clock}
 
-    def _layer_step(self, ctx, network, problems, patterns, prior_table, tau, gamma, generator, weight_names, clock):
+    def _layer_step(self, shared: _StepInputs, tau: float, gamma: float) -> dict[str, torch.Tensor]:
         """Each linear's quadratic error under the relaxed mask, on a random subset of rows:
         exactly E_M (``exact``), at E[M] (``expected``) or at a Gumbel sample."""
         opts = self.options
+        ctx, network, problems, patterns = shared.ctx, shared.network, shared.problems, shared.patterns
+        prior_table, generator, clock = shared.prior_table, shared.generator, shared.clock
         rec, out = [], []
         for problem in problems.values():
             d_out = problem.weight.shape[0]
@@ -294,9 +308,11 @@ class HyperPrune(PruningMethod):
             terms["outlier"] = torch.stack(out).mean()
         return terms
 
-    def _block_step(self, ctx, network, problems, patterns, prior_table, tau, gamma, generator, weight_names, clock):
+    def _block_step(self, shared: _StepInputs, tau: float, gamma: float) -> dict[str, torch.Tensor]:
         """The paper's objective: the block's output with every relaxed mask applied at once."""
         opts = self.options
+        ctx, network, problems, patterns = shared.ctx, shared.network, shared.problems, shared.patterns
+        prior_table, generator, weight_names, clock = shared.prior_table, shared.generator, shared.weight_names, shared.clock
         start = _now(ctx.device)
         masked, out = {}, []
         for role, problem in problems.items():
@@ -381,12 +397,22 @@ class HyperPrune(PruningMethod):
         ).detach().cpu()
 
 
-@register_method("hyperprune+refit")
-class HyperPruneRefit(HyperPrune):
-    """HyperPrune's mask, then the kept weights refit (beyond the paper): exact least squares by
-    default (``--refit-method``), with optional refit-aware rounds (``--refit-rounds``)."""
+register_preset("hyperprune+refit", "hyperprune", "HyperPrune's mask, then the kept weights refit (beyond the paper): exact "
+                "least squares by default, row by row the better of the learned and the prior mask", refit=True)
 
-    force_refit = True
+
+@dataclass
+class _StepInputs:
+    """What every training step of one block reads: fixed for the block's whole training."""
+
+    ctx: BlockContext
+    network: HyperNetwork
+    problems: dict[str, LayerProblem]
+    patterns: torch.Tensor
+    prior_table: torch.Tensor
+    generator: torch.Generator
+    weight_names: dict[str, str]  # role -> the weight's name inside the block (for functional_call)
+    clock: dict[str, float]  # seconds spent, by phase
 
 
 def _better_rows(best, candidate):

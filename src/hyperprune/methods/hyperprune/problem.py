@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from hyperprune.config import PruneConfig, SparsityTarget
-from hyperprune.engine.statistics import InputStatistics
+from hyperprune.config import HessianOptions, SparsityTarget
+from hyperprune.numerics.statistics import InputStatistics
 from hyperprune.masks import nm_mask_from_scores
 from hyperprune.methods.hyperprune import objectives as obj
 from hyperprune.methods.scoring import wanda_scores
@@ -41,9 +41,9 @@ class InputTerms:
     factor: InverseHessianFactor | None  # SparseGPT's, for the prior; dropped once the problems are built
 
 
-def input_terms(stats: InputStatistics, config: PruneConfig, m: int, where: str) -> InputTerms:
+def input_terms(stats: InputStatistics, hessian_options: HessianOptions, m: int, where: str) -> InputTerms:
     H = stats.hessian().float()  # a new tensor already: pinning dead inputs leaves the statistics alone
-    factor = inverse_hessian_factor(H, config.sparsegpt, where)  # pins dead inputs in H, which would make it singular
+    factor = inverse_hessian_factor(H, hessian_options, where)  # pins dead inputs in H, which would make it singular
     return InputTerms(H, torch.diag(H), torch.diag(factor.upper), obj.diagonal_blocks(H, m),
                       stats.column_norms.float(), stats.mean.float(), stats.variance.float(), factor)
 
@@ -167,7 +167,7 @@ def pattern_index(keep: torch.Tensor, patterns: torch.Tensor) -> torch.Tensor:
 
 
 def build_problem(role: str, weight: torch.Tensor, stats: InputStatistics, terms: InputTerms,
-                  target: SparsityTarget, prior: str, patterns: torch.Tensor, config: PruneConfig,
+                  target: SparsityTarget, prior: str, patterns: torch.Tensor, hessian_options: HessianOptions,
                   component: int | None = None) -> LayerProblem:
     """Everything per layer that stays fixed while the hypernetwork trains (until a refresh)."""
     pattern = target.pattern
@@ -178,7 +178,7 @@ def build_problem(role: str, weight: torch.Tensor, stats: InputStatistics, terms
     if prior == "wanda":
         prior_keep = wanda_keep
     elif prior == "sparsegpt":
-        prior_keep = sparsegpt_prune(W, None, target, config.sparsegpt, role, factor=terms.factor).mask
+        prior_keep = sparsegpt_prune(W, None, target, hessian_options, role, factor=terms.factor).mask
     second_moment = terms.mean.pow(2) + terms.variance  # E[x_j²]
     return LayerProblem(
         role=role,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from hyperprune.cli_flags import add_option_flags, options_from_args
+from hyperprune.cli.options import add_option_flags, first_error, options_from_args
 from hyperprune.config import DistillOptions
 from hyperprune.errors import HyperpruneError
 
@@ -29,9 +29,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     try:
         options = options_from_args(args, DistillOptions, "distill_", gradient_checkpointing=not args.no_gradient_checkpointing)
     except ValueError as exc:
-        from hyperprune.cli import _first_error
-
-        raise HyperpruneError(_first_error(exc)) from None
+        raise HyperpruneError(first_error(exc)) from None
     result = distill(args.directory, args.output, options, teacher=args.teacher, device=args.device,
                      overwrite=args.overwrite, progress=not args.quiet, trust_remote_code=args.trust_remote_code)
     print(f"distilled {result['steps_run']} steps ({result['seconds_per_step']:.2f} s/step), best at step "

@@ -17,8 +17,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from hyperprune.config import DistillOptions
-from hyperprune.engine.masked_training import EarlyStopping, MaskedWeights, activation_checkpointing
-from hyperprune.engine.reconstruct import window_order
+from hyperprune.numerics.masked_training import EarlyStopping, MaskedWeights, activation_checkpointing
+from hyperprune.numerics.masked_training import window_order
 from hyperprune.errors import HyperpruneError
 
 

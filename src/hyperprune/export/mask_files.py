@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from hyperprune.errors import HyperpruneError
+from hyperprune.export.shard_writer import write_tensors
 from hyperprune.masks import pack_mask, unpack_mask
 
 MASKS_FILE = "masks.safetensors"
@@ -21,12 +21,13 @@ def save_masks(masks: dict[str, torch.Tensor], path: str | Path) -> None:
     """One uint8 tensor per weight (np.packbits, MSB first); shapes in the metadata."""
     packed = {name: pack_mask(mask) for name, mask in masks.items()}
     shapes = {name: list(mask.shape) for name, mask in masks.items()}
-    save_file(packed, str(path), metadata={"format": MASKS_FORMAT, "shapes": json.dumps(shapes)})
+    save_packed_masks(packed, shapes, path)
 
 
 def save_packed_masks(packed: dict[str, torch.Tensor], shapes: dict[str, list[int]], path: str | Path) -> None:
-    """Same file as ``save_masks``, from masks that are bit-packed already."""
-    save_file(packed, str(path), metadata={"format": MASKS_FORMAT, "shapes": json.dumps(shapes)})
+    """Same file as ``save_masks``, from masks that are bit-packed already; written atomically,
+    with the same permissions as the checkpoint's other files (safetensors alone makes it 0600)."""
+    write_tensors(Path(path), packed, metadata={"format": MASKS_FORMAT, "shapes": json.dumps(shapes)})
 
 
 def load_masks(path: str | Path) -> dict[str, torch.Tensor]:

@@ -23,8 +23,8 @@ import torch
 from safetensors import safe_open
 
 from hyperprune.errors import HyperpruneError
-from hyperprune.export.checkpoint import MASKS_FILE, load_masks, weight_files
-from hyperprune.export.shards import write_json_file, write_tensors
+from hyperprune.export.mask_files import MASKS_FILE, load_masks, weight_files
+from hyperprune.export.shard_writer import write_json_file, write_tensors
 
 COMPACT_FORMAT = "hyperprune-compact-v1"
 MANIFEST_FILE = "hyperprune-compact.json"

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from hyperprune.engine.masked_training import activation_checkpointing
+from hyperprune.numerics.masked_training import activation_checkpointing
 from hyperprune.models.architectures import BlockLayout, prunable_weight_names
 
 

@@ -12,10 +12,10 @@ import torch
 
 from hyperprune.errors import HyperpruneError
 from hyperprune.export import check_output_dir
-from hyperprune.export.checkpoint import MASKS_FILE, REPORT_FILE, weight_files
-from hyperprune.export.compact import MANIFEST_FILE, TENSORS_FILE, read_compact, write_compact
+from hyperprune.export.mask_files import MASKS_FILE, REPORT_FILE, weight_files
+from hyperprune.export.compact_format import MANIFEST_FILE, TENSORS_FILE, read_compact, write_compact
 from hyperprune.export.output_dir import atomic_output_dir
-from hyperprune.export.shards import write_json_file
+from hyperprune.export.shard_writer import write_json_file
 from hyperprune.report import library_versions
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
@@ -52,11 +52,20 @@ def export_compact(directory: str | Path, output: str | Path, overwrite: bool = 
 
 
 def load_pretrained(directory: str | Path, dtype: torch.dtype | None = None):
-    """A transformers model rebuilt from a compact checkpoint, in eval mode (and its tokenizer
-    is ``AutoTokenizer.from_pretrained(directory)``). Bit-identical to the exported output."""
+    """The transformers model of any hyperprune output, in eval mode: a compact export (rebuilt,
+    bit-identical to the output it came from), or a ``prune``, ``distill`` or ``apply-masks``
+    output directory (an ordinary checkpoint). Its tokenizer is ``AutoTokenizer.from_pretrained(directory)``."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    manifest, state = read_compact(Path(directory))
+    directory = Path(directory)
+    if not (directory / MANIFEST_FILE).is_file():
+        if not (directory / "config.json").is_file():
+            raise HyperpruneError(f"'{directory}' is neither a hyperprune output nor a compact export (no config.json, "
+                                  f"no {MANIFEST_FILE}); give the --output directory of prune, distill, apply-masks or export")
+        model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype or "auto")
+        model.eval()
+        return model
+    manifest, state = read_compact(directory)
     hf_config = dict(manifest["hf_config"])
     config = AutoConfig.for_model(hf_config.pop("model_type"), **hf_config)
     with _no_init_weights():  # every weight is loaded below; buffers (rotary tables) are built as usual

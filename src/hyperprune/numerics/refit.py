@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from hyperprune.engine.least_squares import damped_hessian
+from hyperprune.numerics.least_squares import damped_hessian
 
 # H_SS systems gathered at a time. 16 MB rather than 256 MB: the batched Cholesky is no slower
 # on small batches, and the gathered systems then stay in cache (30% faster on one CPU thread).

@@ -22,8 +22,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from hyperprune.engine.masked_training import activation_checkpointing
-from hyperprune.engine.reconstruct import window_order
+from hyperprune.numerics.masked_training import activation_checkpointing
+from hyperprune.numerics.masked_training import window_order
 from hyperprune.errors import HyperpruneError
 
 

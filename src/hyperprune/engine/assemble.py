@@ -17,10 +17,10 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from hyperprune.engine.checkpoint import MANIFEST, RunCheckpoint
-from hyperprune.export.checkpoint import MASKS_FILE, REPORT_FILE, save_packed_masks
+from hyperprune.engine.run_checkpoint import MANIFEST, RunCheckpoint
+from hyperprune.export.mask_files import MASKS_FILE, REPORT_FILE, save_packed_masks
 from hyperprune.export.output_dir import publish_dir
-from hyperprune.export.shards import io_error, write_index, write_json_file, write_tensors
+from hyperprune.export.shard_writer import io_error, write_index, write_json_file, write_tensors
 
 
 def non_block_tensors(model, layers_prefix: str, reader=None) -> dict[str, torch.Tensor]:

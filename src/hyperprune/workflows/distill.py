@@ -15,12 +15,12 @@ from typing import Any
 
 from hyperprune.config import DistillOptions
 from hyperprune.data import calibration_windows, load_text_source
-from hyperprune.engine.distill import distill_masked
+from hyperprune.engine.masked_distillation import distill_masked
 from hyperprune.errors import HyperpruneError
 from hyperprune.export import check_output_dir
-from hyperprune.export.checkpoint import MASKS_FILE, REPORT_FILE, load_masks
+from hyperprune.export.mask_files import MASKS_FILE, REPORT_FILE, load_masks
 from hyperprune.export.output_dir import atomic_output_dir
-from hyperprune.export.shards import write_json_file
+from hyperprune.export.shard_writer import write_json_file
 from hyperprune.models import load_model
 from hyperprune.models.architectures import torch_dtype
 from hyperprune.report import environment, library_versions
@@ -57,8 +57,8 @@ def distill(
     teacher_spec = teacher or report.get("model")
     if not teacher_spec:
         raise HyperpruneError(f"'{directory / REPORT_FILE}' names no model; pass --teacher MODEL")
-    student = load_model(str(directory), "float32", trust_remote_code)
-    dense = load_model(teacher_spec, "float32", trust_remote_code)
+    student = load_model(str(directory), "float32", trust_remote_code, progress)
+    dense = load_model(teacher_spec, "float32", trust_remote_code, progress)
     if dense.model.config.vocab_size != student.model.config.vocab_size:
         raise HyperpruneError(
             f"teacher '{teacher_spec}' has a vocabulary of {dense.model.config.vocab_size}, the student "

@@ -12,9 +12,9 @@ import torch
 
 from hyperprune.errors import HyperpruneError
 from hyperprune.export import check_output_dir
-from hyperprune.export.checkpoint import MASKS_FILE, REPORT_FILE, load_masks
+from hyperprune.export.mask_files import MASKS_FILE, REPORT_FILE, load_masks
 from hyperprune.export.output_dir import atomic_output_dir
-from hyperprune.export.shards import write_json_file
+from hyperprune.export.shard_writer import write_json_file
 from hyperprune.masks import count_nm_violations, sparsity_of
 from hyperprune.methods.ria import permute_channels
 from hyperprune.models import block_linears, decoder_blocks, load_model, prunable_weight_names

@@ -1,8 +1,11 @@
-"""``hyperprune verify DIR``: check that every pruned matrix really is n:m sparse."""
+"""``hyperprune verify DIR``: check that every pruned matrix really is n:m sparse. A directory that
+``hyperprune prune`` wrote is checked against its saved masks too; any other Hugging Face
+checkpoint is checked on its weights alone (every decoder-block linear must be n:m)."""
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,9 +13,10 @@ from safetensors import safe_open
 
 from hyperprune.config import NMPattern
 from hyperprune.errors import HyperpruneError
-from hyperprune.export.checkpoint import MASKS_FILE, REPORT_FILE, load_masks, weight_files
-from hyperprune.export.compact import MANIFEST_FILE, read_compact
+from hyperprune.export.mask_files import MASKS_FILE, REPORT_FILE, load_masks, weight_files
+from hyperprune.export.compact_format import MANIFEST_FILE, read_compact
 from hyperprune.masks import count_nm_violations, sparsity_of
+from hyperprune.models.architectures import ARCHITECTURES
 
 
 @dataclass
@@ -28,6 +32,7 @@ class VerifyResult:
     pattern: str
     layers: list[LayerCheck] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    masks_checked: bool = True  # False: no saved masks (not a prune output); the weights alone were checked
 
     @property
     def ok(self) -> bool:
@@ -45,15 +50,15 @@ def verify_checkpoint(directory: str | Path, pattern: str | None = None) -> Veri
     report = json.loads(report_path.read_text()) if report_path.is_file() else {}
     pattern = pattern or report.get("pattern")
     if not pattern or pattern.startswith("unstructured"):
-        raise HyperpruneError(f"'{directory}' has no n:m pattern in {REPORT_FILE}; pass --pattern n:m to check against one")
+        raise HyperpruneError(f"'{directory}' has no n:m pattern in a {REPORT_FILE}; pass --pattern n:m to check against one")
     try:
         nm = NMPattern.parse(pattern)
     except ValueError as exc:
         raise HyperpruneError(str(exc)) from None
-    if not (directory / MASKS_FILE).is_file():
-        raise HyperpruneError(f"'{directory}' has no {MASKS_FILE}; it was not written by 'hyperprune prune'")
-    masks = load_masks(directory / MASKS_FILE)
     shards = weight_files(directory)
+    if not (directory / MASKS_FILE).is_file():
+        return _verify_weights(directory, nm, shards)
+    masks = load_masks(directory / MASKS_FILE)
     result = VerifyResult(pattern=str(nm))
     for name, mask in masks.items():
         if name not in shards:
@@ -75,6 +80,39 @@ def verify_checkpoint(directory: str | Path, pattern: str | None = None) -> Veri
     if not masks:
         result.problems.append("the mask file lists no pruned matrices")
     return result
+
+
+def _verify_weights(directory: Path, nm: NMPattern, shards: dict[str, Path]) -> VerifyResult:
+    """A checkpoint without saved masks: every decoder-block linear's weight must be n:m itself."""
+    names = _prunable_names(directory, shards)
+    if not names:
+        raise HyperpruneError(f"'{directory}' holds no decoder-block linear weights to check (no *.safetensors with "
+                              "model.layers.N.*.weight); give a Hugging Face checkpoint directory")
+    result = VerifyResult(pattern=str(nm), masks_checked=False)
+    for name in names:
+        with safe_open(str(shards[name]), framework="pt") as f:
+            weight = f.get_tensor(name)
+        result.layers.append(LayerCheck(name, count_nm_violations(weight, nm.n, nm.m), 0, sparsity_of(weight)))
+    return result
+
+
+def _prunable_names(directory: Path, shards: dict[str, Path]) -> list[str]:
+    """The decoder-block linears of a checkpoint: by its architecture's known layout when config.json
+    names one, else every 2-D ``...layers.N....weight`` outside the norms."""
+    config_path = directory / "config.json"
+    model_type = json.loads(config_path.read_text()).get("model_type") if config_path.is_file() else None
+    if model_type in ARCHITECTURES:
+        layout = ARCHITECTURES[model_type]
+        pattern = re.compile(rf"^{re.escape(layout.layers)}\.\d+\.({'|'.join(re.escape(c) for c in layout.components.values())})\.weight$")
+        return sorted(name for name in shards if pattern.match(name))
+    pattern = re.compile(r"\.layers\.\d+\..*\.weight$")
+    names = []
+    for name in sorted(shards):
+        if pattern.search(name) and "norm" not in name:
+            with safe_open(str(shards[name]), framework="pt") as f:
+                if len(f.get_slice(name).get_shape()) == 2:
+                    names.append(name)
+    return names
 
 
 def _verify_compact(directory: Path, pattern: str | None) -> VerifyResult:

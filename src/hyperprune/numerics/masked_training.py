@@ -107,3 +107,17 @@ def activation_checkpointing(model: nn.Module, enabled: bool = True) -> Iterator
         model.eval()
         if enabled:
             (getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable)()
+
+
+def window_order(train_windows: int, steps: int, batch_size: int, generator: torch.Generator) -> list[list[int]]:
+    """Each step's batch of training windows: shuffled passes over the set, reshuffled each pass."""
+    batches: list[list[int]] = []
+    pool: list[int] = []
+    for _ in range(steps):
+        batch = []
+        while len(batch) < min(batch_size, train_windows):
+            if not pool:
+                pool = torch.randperm(train_windows, generator=generator).tolist()
+            batch.append(pool.pop())
+        batches.append(batch)
+    return batches

@@ -21,7 +21,8 @@ import torch
 from safetensors import safe_open
 
 from hyperprune.errors import HyperpruneError
-from hyperprune.export.shards import file_sha256, io_error, shard_name, write_json_file, write_tensors
+from hyperprune.export.shard_writer import file_sha256, io_error, shard_name, write_json_file, write_tensors
+from hyperprune.faults import fault_point
 from hyperprune.masks import pack_mask
 
 MANIFEST = "checkpoint.json"
@@ -93,7 +94,7 @@ class RunCheckpoint:
             except OSError as exc:
                 raise io_error(exc, path, self._resume_hint(index)) from exc
             self.files[relative] = file_sha256(path)
-            _fault_point(index, "mid_checkpoint")
+            fault_point(index, "mid_checkpoint")
         for name in previous_state:
             self.files.pop(name, None)
         manifest = {
@@ -186,18 +187,3 @@ def _jsonable_numpy_state() -> list:
 
 def _restore_numpy_state(saved: list) -> None:
     np.random.set_state((saved[0], np.array(saved[1], dtype=np.uint32), saved[2], saved[3], saved[4]))
-
-
-def _fault_point(index: int, phase: str) -> None:
-    """Test hook: HYPERPRUNE_FAULT=<block>:<phase> kills the process there with SIGKILL, the way
-    a crash or an OOM kill would; ``<block>:pause`` sleeps after that block's checkpoint instead,
-    so a test can kill the process from outside at a moment of its choosing."""
-    import os
-    import signal
-    import time
-
-    fault = os.environ.get("HYPERPRUNE_FAULT")
-    if fault and fault == f"{index}:{phase}":
-        os.kill(os.getpid(), signal.SIGKILL)
-    if fault and fault == f"{index}:pause" and phase == "after_checkpoint":
-        time.sleep(600)
