@@ -135,14 +135,20 @@ class RIAOptions(Options):
     permute_rounds: int = Field(3, ge=0, description="rounds of linear-sum-assignment refinement of the permutation")
 
 
-class MaskProOptions(Options):
+class LearnedFromPriorOptions(Options):
+    """What the mask learners that start from a one-shot mask share."""
+
+    prior: Literal["sparsegpt", "wanda", "magnitude"] = Field("sparsegpt", description="the one-shot mask the "
+                                                              "learned mask starts from")
+
+
+class MaskProOptions(LearnedFromPriorOptions):
     """MaskPro's settings, run layer-wise in this engine (the original trains end to end)."""
 
     steps: int = Field(50, ge=0, description="policy-gradient steps per layer")
     samples: int = Field(4, gt=0, description="masks sampled per step")
     lr: float = Field(0.5, gt=0, description="Adam learning rate of the mask logits")
     init_scale: float = Field(3.0, ge=0, description="logits start at this constant times the prior's keep-mask")
-    prior: Literal["sparsegpt", "wanda", "magnitude"] = Field("sparsegpt", description="the initial mask")
     baseline_decay: float = Field(0.9, ge=0, lt=1, description="moving average of the baseline, from the prior's loss")
 
 
@@ -155,7 +161,7 @@ class EndToEndOptions(Options):
     max_memory_gib: float = Field(8.0, gt=0, description="refuse models whose learned state would need more")
 
 
-class MaskLLMOptions(EndToEndOptions):
+class MaskLLMOptions(EndToEndOptions, LearnedFromPriorOptions):
     """MaskLLM's settings (small models only): end to end on the LM loss, weights frozen."""
 
     lr: float = Field(0.05, gt=0, description="Adam learning rate of the pattern logits")
@@ -166,7 +172,6 @@ class MaskLLMOptions(EndToEndOptions):
                                             "logit_scale, sharpening the distribution as MaskLLM's 100 → 500 "
                                             "does; unset: κ stays constant")
     init_scale: float = Field(3.0, ge=0, description="prior: logit of a pattern = this × its overlap with the one-shot mask / n")
-    prior: Literal["sparsegpt", "wanda", "magnitude"] = Field("sparsegpt", description="the one-shot mask the logits start from")
 
 
 class ProxSparseOptions(EndToEndOptions):

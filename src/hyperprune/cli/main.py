@@ -287,6 +287,11 @@ def cmd_make_random_model(args: argparse.Namespace) -> int:
     return 0
 
 
+# PruneConfig fields whose flag has the same name (--fit-target → fit_target).
+_FIELDS_NAMED_AS_FLAGS = ("model", "calib", "nsamples", "seqlen", "seed", "device", "dtype", "on_nan",
+                          "offload_to_disk", "bos_per_window", "fit_target", "fit_target_damp")
+
+
 def config_from_args(args: argparse.Namespace, method: str, methods: list[str] | None = None,
                      refuse_unused: bool = True) -> PruneConfig:
     """The PruneConfig of a prune (``method``) or compare (``methods``) command line. With
@@ -294,25 +299,15 @@ def config_from_args(args: argparse.Namespace, method: str, methods: list[str] |
     settings = method_settings_from_args(args, methods or [method], refuse_unused)
     try:
         target = SparsityTarget.from_args(args.pattern, args.sparsity)
+        same_named = {name: getattr(args, name) for name in _FIELDS_NAMED_AS_FLAGS}
         return PruneConfig(
-            model=args.model,
+            **same_named,
             method=method,
             target=target,
-            calib=args.calib,
-            nsamples=args.nsamples,
-            seqlen=args.seqlen,
-            seed=args.seed,
-            device=args.device,
-            dtype=args.dtype,
             offload_activations=not args.no_offload,
-            on_nan=args.on_nan,
-            offload_to_disk=args.offload_to_disk,
             stream=getattr(args, "stream", None),
-            bos_per_window=args.bos_per_window,
             hessian=settings["hessian"],
             options=settings["options"],
-            fit_target=args.fit_target,
-            fit_target_damp=args.fit_target_damp,
             reconstruct=_reconstruct_options(args),
         )
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
