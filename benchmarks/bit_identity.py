@@ -2,7 +2,7 @@
 before the package was re-laid (issue 30): 8 x 256 calibration tokens of brown, seed 0, 2 threads,
 HyperPrune at 10 steps per block. The test suite runs the same check on the first 3 blocks.
 
-    python benchmarks/bit_identity.py --json benchmarks/results/bit-identity/after.json
+    python benchmarks/bit_identity.py --json benchmarks/results/bit-identity/after-issue-30.json
 """
 
 from __future__ import annotations
