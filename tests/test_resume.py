@@ -84,6 +84,20 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, model_dir, calib_file, p
     assert not partial_dir_for(out).exists()
 
 
+@pytest.mark.parametrize("method", [["--method", "sparsegpt+lstsq"], ["--method", "admm", "--admm-final-refit", "lstsq"]])
+def test_refit_solvers_resume_bit_identically_after_a_kill(tmp_path, model_dir, calib_file, method):
+    """CG (the lstsq variants' default solver) and ADMM carry no state between blocks: a run killed
+    mid-block resumes to the same bits."""
+    reference = tmp_path / "reference"
+    assert main(prune_args(model_dir, calib_file, reference, *method, "--no-stream")) == 0
+    out = tmp_path / "killed"
+    killed = run_subprocess(prune_args(model_dir, calib_file, out, *method), {"HYPERPRUNE_FAULT": "2:mid_block"})
+    assert killed.returncode == -9, killed.stderr[-500:]
+    assert main(prune_args(model_dir, calib_file, out, *method, "--resume")) == 0
+    assert_bit_identical(reference, out)
+    assert json.loads((out / "report.json").read_text())["resumed_from_block"] == 2
+
+
 def kill_after_block(model_dir, calib_file, out, block=1):
     result = run_subprocess(prune_args(model_dir, calib_file, out), {"HYPERPRUNE_FAULT": f"{block}:after_checkpoint"})
     assert result.returncode == -9, result.stderr[-500:]

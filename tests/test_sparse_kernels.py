@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -30,6 +35,17 @@ def test_without_cuda_eval_sparse_kernels_is_an_error(tiny_model_dir, capsys):
     assert main(["eval", "--model", str(tiny_model_dir), "--eval", "sotu", "--sparse-kernels", "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert "compute capability" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machines without CUDA")
+def test_without_cuda_the_gpu_check_script_exits_zero_with_one_line(tmp_path):
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_checks.sh"
+    result = subprocess.run(["bash", str(script)], capture_output=True, text=True,
+                            env={**os.environ, "PYTHON": sys.executable, "GPU_OUT": str(tmp_path / "gpu")})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines() == [
+        "gpu_checks: no CUDA GPU on this machine; nothing to measure (run it where one is lent)"]
+    assert not (tmp_path / "gpu").exists()
 
 
 def _cuda_ready() -> bool:

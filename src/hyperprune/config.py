@@ -119,12 +119,43 @@ class HessianOptions(Options):
     max_damp_retries: int = Field(4, ge=0, description="retries with 10x dampening when the Cholesky factorization fails")
 
 
+class RefitOptions(Options):
+    """How the exact least-squares refit of the kept weights is solved; shared by every method that
+    runs one (sparsegpt with refit lstsq, hyperprune with refit, admm's final refit)."""
+
+    method: Literal["cg", "lstsq", "obs"] = Field(
+        "cg", description="cg: masked, preconditioned conjugate gradient over all rows at once (GEMM speed); lstsq: "
+        "one Cholesky solve per row (the exact reference); obs: SparseGPT's sequential OBS update for the mask "
+        "(approximate)"
+    )
+    tol: float = Field(2e-5, gt=0, lt=1, description="cg: stop when the relative residual ‖r‖/‖b‖ is below this")
+    max_iter: int = Field(200, gt=0, description="cg: at most this many iterations (one GEMM each)")
+
+
 class SparseGPTOptions(Options):
-    refit: Literal["obs", "lstsq"] = Field(
+    refit: Literal["obs", "lstsq", "admm"] = Field(
         "obs", description="SparseGPT's weight update: obs, its own sequential update; lstsq, its mask then the exact "
-        "least-squares refit"
+        "least-squares refit (solved as --refit-method says); admm, its mask then ADMM's update (the admm method's "
+        "defaults)"
     )
     lstsq_damp: float = Field(DEFAULT_LSTSQ_DAMP, gt=0, description="λ of the lstsq refit, fraction of mean diag(H)")
+
+
+class ADMMOptions(Options):
+    """ADMM pruning (Boža 2024): a mask chosen gradually from |W + U| while ADMM updates the weights."""
+
+    iterations: int = Field(20, ge=0, description="ADMM iterations (one GEMM each; the authors' 20)")
+    gradual_iterations: int = Field(15, ge=1, description="iterations over which the mask reaches its sparsity, "
+                                    "then held (the authors' 15)")
+    schedule: Literal["cubic", "linear"] = Field("cubic", description="sparsity over the gradual iterations: "
+                                                 "cubic, s·(1 − (1 − t/T)³) as the authors; or linear")
+    rho: float = Field(1.0, gt=0, description="ρ, the ADMM penalty, on inputs scaled to unit diagonal")
+    damp: float = Field(0.1, gt=0, description="ρ₀, ridge toward the dense weights, fraction of the mean "
+                        "(normalized) diagonal (the authors' 0.1)")
+    final_refit: Literal["none", "lstsq"] = Field(
+        "none", description="none: ADMM's (W + U)⊙M, as the authors; lstsq: then the exact least-squares refit "
+        "on the final mask (as ALPS), solved as --refit-method says")
+    refit_damp: float = Field(DEFAULT_LSTSQ_DAMP, gt=0, description="λ of the final refit, fraction of mean diag(H)")
 
 
 class RIAOptions(Options):
@@ -238,8 +269,8 @@ class HyperPruneOptions(Options):
     )
     batch_size: int = Field(2, gt=0, description="calibration samples per step on the block objective")
     refit: bool = Field(False, description="after the mask is chosen, refit the kept weights (beyond the paper)")
-    refit_method: Literal["obs", "lstsq"] = Field(
-        "lstsq", description="obs: SparseGPT's sequential OBS update; lstsq: exact per-row least squares on the kept set"
+    refit_method: Literal["obs", "lstsq", "cg"] | None = Field(
+        None, description="overrides the shared --refit-method for hyperprune only (kept for older scripts)"
     )
     refit_damp: float = Field(DEFAULT_LSTSQ_DAMP, gt=0, description="λ of the lstsq refit, fraction of mean(diag H)")
     refit_rounds: int = Field(
@@ -342,6 +373,7 @@ class PruneConfig(BaseModel):
         "auto", description="a BOS at the start of every calibration and evaluation window; auto: when the tokenizer adds one"
     )
     hessian: HessianOptions = Field(default_factory=HessianOptions)
+    refit: RefitOptions = Field(default_factory=RefitOptions)
     # Each method's own options, by the name of the method that declares them (a preset such as
     # hyperprune+refit uses its base method's): validated by the method's declared options class.
     options: dict[str, dict[str, Any]] = Field(default_factory=dict)

@@ -307,6 +307,7 @@ def config_from_args(args: argparse.Namespace, method: str, methods: list[str] |
             offload_activations=not args.no_offload,
             stream=getattr(args, "stream", None),
             hessian=settings["hessian"],
+            refit=settings["refit"],
             options=settings["options"],
             reconstruct=_reconstruct_options(args),
         )

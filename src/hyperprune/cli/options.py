@@ -18,6 +18,7 @@ from hyperprune.errors import HyperpruneError
 # Where generated method flags put their values: <prefix><options key>__<field>.
 _METHOD_DEST = "opt__"
 _HESSIAN_DEST = "hessian__"
+_REFIT_DEST = "refit__"
 
 
 def first_error(exc: ValueError) -> str:
@@ -90,12 +91,16 @@ def given_values(args: argparse.Namespace, dest_prefix: str) -> dict[str, Any]:
 def add_method_option_groups(parser: argparse.ArgumentParser) -> None:
     """One group per registered method that declares options, and the shared Hessian group; every
     flag's default is left to the options class (see ``method_options_from_args``)."""
-    from hyperprune.config import HessianOptions
+    from hyperprune.config import HessianOptions, RefitOptions
     from hyperprune.methods import METHODS
 
     users = sorted(entry.name for entry in METHODS.values() if entry.cls.uses_hessian)
     group = parser.add_argument_group(f"Hessian options (methods {', '.join(users)})")
     add_option_flags(group, HessianOptions, "", _HESSIAN_DEST, suppress_defaults=True)
+    users = sorted(entry.name for entry in METHODS.values() if entry.cls.uses_refit)
+    group = parser.add_argument_group(f"Exact refit options (methods {', '.join(users)})",
+                                      "how the least-squares refit of the kept weights is solved")
+    add_option_flags(group, RefitOptions, "refit-", _REFIT_DEST, suppress_defaults=True)
     for name, entry in METHODS.items():
         cls = entry.cls
         if entry.is_preset or cls.options_class is None:
@@ -123,13 +128,17 @@ def method_settings_from_args(args: argparse.Namespace, methods: list[str], refu
             raise HyperpruneError(f"{flag} is an option of method {owner}, which this run does not use "
                                   f"({_methods_phrase(methods)}); drop it or run {owner}")
         options.setdefault(owner, {})[field] = value
-    hessian = given_values(args, _HESSIAN_DEST)
-    if refuse_unused and hessian and not any(entry.cls.uses_hessian for entry in entries):
-        flag = _typed_flag(args, f"{_HESSIAN_DEST}{next(iter(hessian))}", "--" + next(iter(hessian)).replace("_", "-"))
-        users = sorted(e.name for e in METHODS.values() if e.cls.uses_hessian)
-        raise HyperpruneError(f"{flag} applies to methods that use the Hessian ({', '.join(users)}), not to "
-                              f"{_methods_phrase(methods)}; drop it")
-    return {"options": options, "hessian": hessian}
+    shared = {}
+    for dest, flag_prefix, uses, what in ((_HESSIAN_DEST, "--", "uses_hessian", "use the Hessian"),
+                                          (_REFIT_DEST, "--refit-", "uses_refit", "refit the kept weights")):
+        shared[dest] = given = given_values(args, dest)
+        if refuse_unused and given and not any(getattr(entry.cls, uses) for entry in entries):
+            first = next(iter(given))
+            flag = _typed_flag(args, f"{dest}{first}", flag_prefix + first.replace("_", "-"))
+            users = sorted(e.name for e in METHODS.values() if getattr(e.cls, uses))
+            raise HyperpruneError(f"{flag} applies to methods that {what} ({', '.join(users)}), not to "
+                                  f"{_methods_phrase(methods)}; drop it")
+    return {"options": options, "hessian": shared[_HESSIAN_DEST], "refit": shared[_REFIT_DEST]}
 
 
 def _methods_phrase(methods: list[str]) -> str:

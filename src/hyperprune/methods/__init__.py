@@ -1,6 +1,7 @@
 """Pruning methods. Importing this package registers every built-in method."""
 
 from hyperprune.methods import (  # noqa: F401  (registration)
+    admm,
     dense,
     hyperprune,
     magnitude,

@@ -43,6 +43,14 @@ class BlockContext:
     names: dict[str, str] = field(default_factory=dict)  # role -> the weight's state-dict name
 
 
+def roles_by_input(ctx: BlockContext) -> list[list[str]]:
+    """The block's roles grouped by the input they read (q/k/v, gate/up), in block order."""
+    groups: dict[int, list[str]] = {}
+    for role in ctx.linears:
+        groups.setdefault(id(ctx.statistics.get(role)), []).append(role)
+    return list(groups.values())
+
+
 class PruningMethod(ABC):
     """Base class. Subclasses set ``statistics`` and override ``prune_linear`` (one matrix at a
     time) or ``prune_block`` (the whole block at once). What a method reads of the run is
@@ -61,6 +69,8 @@ class PruningMethod(ABC):
     legacy_flags: ClassVar[dict[str, tuple[str, ...]]] = {}
     # Whether the method runs SparseGPT's solver, and so reads ``config.hessian`` (--percdamp, --blocksize).
     uses_hessian: ClassVar[bool] = False
+    # Whether the method can run an exact least-squares refit, and so reads ``config.refit`` (--refit-method).
+    uses_refit: ClassVar[bool] = False
 
     def __init__(self, config: PruneConfig, preset: Mapping[str, Any] | None = None) -> None:
         self.config = config

@@ -11,11 +11,12 @@ from dataclasses import dataclass
 
 import torch
 
-from hyperprune.config import HessianOptions, SparseGPTOptions, SparsityTarget
+from hyperprune.config import ADMMOptions, HessianOptions, SparseGPTOptions, SparsityTarget
 from hyperprune.numerics.statistics import StatisticsKind
 from hyperprune.errors import HyperpruneError
-from hyperprune.methods.base import PruningMethod, register_method, register_preset
-from hyperprune.numerics.refit import lstsq_refit
+from hyperprune.methods.base import BlockContext, PruningMethod, register_method, register_preset, roles_by_input
+from hyperprune.numerics.admm import admm_factor, admm_prune
+from hyperprune.numerics.refit import lstsq_refit, stacked_exact_refit
 
 log = logging.getLogger(__name__)
 
@@ -165,24 +166,60 @@ def sparsegpt_prune(
 @register_method("sparsegpt", options=SparseGPTOptions,
                  summary="SparseGPT (Frantar & Alistarh 2023): OBS mask and sequential weight update")
 class SparseGPT(PruningMethod):
-    """SparseGPT's mask and update; with ``refit="lstsq"`` its mask, then the exact refit."""
+    """SparseGPT's mask and update; with ``refit="lstsq"`` its mask, then the exact refit (its OBS
+    weights as CG's first guess, and the layers of one input solved together); with
+    ``refit="admm"`` its mask, then ADMM's update."""
 
     statistics = StatisticsKind.HESSIAN
     uses_hessian = True
+    uses_refit = True
 
     @property
     def updates_weights(self) -> bool:
         return True
 
+    def prune_block(self, ctx: BlockContext) -> dict[str, torch.Tensor]:
+        if self.options.refit != "lstsq" or self.config.refit.method == "lstsq":
+            return super().prune_block(ctx)
+        masks = {}
+        for roles in roles_by_input(ctx):
+            results, hessian = {}, None
+            for role in roles:  # each pass pins dead inputs in its own copy of H; the last is kept
+                hessian = ctx.statistics[role].hessian()
+                results[role] = self._sparsegpt(ctx.linears[role], hessian, ctx.target, f"block {ctx.index} {role}")
+            if self.config.refit.method == "obs":  # the exact refit "by OBS" is SparseGPT's own update
+                weights = {role: result.weight for role, result in results.items()}
+            else:
+                refit = self.config.refit
+                solved = stacked_exact_refit([ctx.linears[r].weight.data for r in roles], hessian,
+                                             [results[r].mask for r in roles], self.options.lstsq_damp, refit.method,
+                                             refit.tol, refit.max_iter, [results[r].weight for r in roles])
+                weights = {role: result.weight for role, result in zip(roles, solved)}
+                for role, result in zip(roles, solved):
+                    ctx.info[role] = {"refit_iterations": result.iterations, "refit_residual": result.residual}
+            for role in roles:
+                ctx.linears[role].weight.data.copy_(weights[role])
+                masks[role] = results[role].mask
+        return masks
+
     def prune_linear(self, linear, stats, target, where) -> torch.Tensor:
         hessian = stats.hessian()  # SparseGPT pins its dead inputs in place; the lstsq refit would do the same
-        result = sparsegpt_prune(linear.weight.data, hessian, target, self.config.hessian, where, overwrite_hessian=True)
+        result = self._sparsegpt(linear, hessian, target, where)
         weight = result.weight
         if self.options.refit == "lstsq":
             weight = lstsq_refit(linear.weight.data, hessian, result.mask, self.options.lstsq_damp)
+        elif self.options.refit == "admm":
+            admm = ADMMOptions()
+            factor = admm_factor(hessian, admm.damp, admm.rho)
+            weight = admm_prune(linear.weight.data, factor, target, admm.iterations, rho=admm.rho, keep=result.mask).weight
         linear.weight.data.copy_(weight)
         return result.mask
+
+    def _sparsegpt(self, linear, hessian, target, where) -> SparseGPTResult:
+        return sparsegpt_prune(linear.weight.data, hessian, target, self.config.hessian, where, overwrite_hessian=True)
 
 
 register_preset("sparsegpt+lstsq", "sparsegpt", "SparseGPT's mask, then the exact least-squares refit of the kept weights",
                 refit="lstsq")
+register_preset("sparsegpt+admm", "sparsegpt", "SparseGPT's mask, then ADMM's weight update (Boža 2024) for that mask",
+                refit="admm")

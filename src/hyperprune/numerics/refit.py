@@ -1,6 +1,6 @@
 """Refits of the kept weights for a fixed mask: pure tensor math, no I/O.
 
-Both minimize the layer's output error (w − w′)ᵀ(H + λI)(w − w′) per row, with w′ zero where
+All minimize the layer's output error (w − w′)ᵀ(H + λI)(w − w′) per row, with w′ zero where
 the mask prunes. SparseGPT's sequential OBS update (``sparsegpt_prune(keep_mask=...)``)
 freezes each column once the scan has passed it; the least-squares refit here solves the
 problem exactly, row by row, on that row's kept set S:
@@ -9,9 +9,16 @@ problem exactly, row by row, on that row's kept set S:
 
 The damping λ is a fraction of mean(diag H), as SparseGPT's percdamp; it pulls w′ toward
 the original weights, which matters when d_in is large for the number of calibration tokens.
+
+Two solvers give that exact solution. ``lstsq_refit`` factors one k × k system per row (about
+d_out · k³/3 flops: 2·10¹⁴ for a 7B ``down``). ``masked_cg_refit`` runs Jacobi-preconditioned
+conjugate gradient on all rows at once, x ← M ⊙ (x H̃) being one GEMM an iteration (2·d_out·d_in²
+flops), and stops on a relative-residual tolerance.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -60,3 +67,90 @@ def quadratic_output_error(weight: torch.Tensor, refit: torch.Tensor, hessian: t
     """Per row, (w − w′)ᵀH(w − w′): the squared output error (H scale) of replacing w by w′."""
     delta = weight.float() - refit.float()
     return ((delta @ hessian.float()) * delta).sum(dim=1)
+
+
+@dataclass
+class RefitResult:
+    """A refit: the weight (zero where pruned), and what the solver used."""
+
+    weight: torch.Tensor
+    error: torch.Tensor  # per row, (w − w′)ᵀH(w − w′) on the undamped H given
+    iterations: int | None = None  # CG iterations; None for a direct solve
+    residual: float | None = None  # CG's final ‖r‖ / ‖b‖, over all rows
+
+
+def masked_cg_refit(weight: torch.Tensor, hessian: torch.Tensor, keep: torch.Tensor, damp_fraction: float,
+                    tol: float = 1e-3, max_iter: int = 100, start: torch.Tensor | None = None) -> RefitResult:
+    """The exact least-squares refit by masked, Jacobi-preconditioned conjugate gradient.
+
+    Every row solves (H̃ x)_S = (H̃ w)_S on its kept set S, H̃ = H + λI (dead inputs pinned, as
+    ``lstsq_refit``); all rows advance together, so an iteration is one [d_out, d_in] × [d_in, d_in]
+    GEMM. Rows sharing an input (q/k/v) can be stacked into one call. ``start``: a first guess (for
+    example SparseGPT's OBS weights); the kept weights themselves otherwise. Stops when
+    ‖r‖_F ≤ ``tol`` · ‖b‖_F or after ``max_iter`` iterations. The per-row error comes from the
+    residual, with no further GEMM.
+    """
+    W = weight.detach().float()
+    H = damped_hessian(hessian, damp_fraction).to(W.device)
+    M = keep.to(W.device, torch.bool).to(W.dtype)
+    target = W @ H
+    b = target * M
+    x = (start.detach().float().to(W.device) if start is not None else W) * M
+    r = b - (x @ H) * M
+    inverse_diagonal = 1.0 / H.diagonal()
+    z = r * inverse_diagonal
+    p = z.clone()
+    rz = (r * z).sum(dim=1)
+    b_norm = float(b.norm())
+    limit = tol * b_norm
+    iterations = 0
+    residual = float(r.norm())
+    while residual > limit and iterations < max_iter:
+        Ap = (p @ H) * M
+        curvature = (p * Ap).sum(dim=1)
+        alpha = torch.where(curvature > 0, rz / curvature.clamp_min(torch.finfo(W.dtype).tiny), torch.zeros_like(rz))
+        x.add_(alpha.unsqueeze(1) * p)
+        r.sub_(alpha.unsqueeze(1) * Ap)
+        iterations += 1
+        residual = float(r.norm())
+        z = r * inverse_diagonal
+        rz_next = (r * z).sum(dim=1)
+        beta = torch.where(rz > 0, rz_next / rz.clamp_min(torch.finfo(W.dtype).tiny), torch.zeros_like(rz))
+        p = z + beta.unsqueeze(1) * p
+        rz = rz_next
+    # (x − w)H̃(x − w)ᵀ = w·(wH̃) − x·b − x·r, since M⊙(xH̃) = b − r and x is zero off S; then the
+    # damping's share, Σ_j D_j (x_j − w_j)² with D = diag(H̃ − H), is taken off for the H-scale error.
+    damped_error = ((W * target).double().sum(1) - (x * b).double().sum(1) - (x * r).double().sum(1))
+    extra = (H.diagonal() - hessian.detach().float().diagonal().to(W.device)).double()
+    error = (damped_error - ((x - W).double().pow(2) * extra).sum(1)).clamp_min(0).float()
+    out = x.to(weight.dtype) if weight.dtype != torch.float32 else x
+    return RefitResult(out, error, iterations, residual / b_norm if b_norm > 0 else 0.0)
+
+
+def exact_refit(weight: torch.Tensor, hessian: torch.Tensor, keep: torch.Tensor, damp_fraction: float,
+                solver: str = "cg", tol: float = 1e-3, max_iter: int = 100,
+                start: torch.Tensor | None = None) -> RefitResult:
+    """The exact least-squares refit by ``solver``: ``cg`` (:func:`masked_cg_refit`) or ``lstsq``
+    (:func:`lstsq_refit`, one Cholesky per row: the exact reference)."""
+    if solver == "cg":
+        return masked_cg_refit(weight, hessian, keep, damp_fraction, tol, max_iter, start)
+    if solver != "lstsq":
+        raise ValueError(f"unknown exact refit solver {solver!r}; choose cg or lstsq")
+    refit = lstsq_refit(weight, hessian, keep, damp_fraction)
+    return RefitResult(refit, quadratic_output_error(weight, refit, hessian))
+
+
+def stacked_exact_refit(weights: list[torch.Tensor], hessian: torch.Tensor, keeps: list[torch.Tensor],
+                        damp_fraction: float, solver: str = "cg", tol: float = 1e-3, max_iter: int = 100,
+                        starts: list[torch.Tensor] | None = None) -> list[RefitResult]:
+    """:func:`exact_refit` of several layers that read the same input (q/k/v, gate/up), as one
+    problem: their rows are stacked, so CG's iteration is one GEMM for all of them. The tolerance
+    then holds for the stack as a whole. Results in the order given."""
+    if solver != "cg" or len(weights) == 1:  # the direct solve gains nothing from stacking
+        starts = starts or [None] * len(weights)
+        return [exact_refit(w, hessian, k, damp_fraction, solver, tol, max_iter, s) for w, k, s in zip(weights, keeps, starts)]
+    stacked = masked_cg_refit(torch.cat([w.detach().float() for w in weights]), hessian, torch.cat(keeps), damp_fraction,
+                              tol, max_iter, None if starts is None else torch.cat([s.float() for s in starts]))
+    sizes = [w.shape[0] for w in weights]
+    return [RefitResult(weight.to(w.dtype), error, stacked.iterations, stacked.residual)
+            for w, weight, error in zip(weights, stacked.weight.split(sizes), stacked.error.split(sizes))]

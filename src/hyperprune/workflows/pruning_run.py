@@ -166,6 +166,8 @@ def config_record(config: PruneConfig, method: PruningMethod | None) -> dict[str
         record["options"] = {method.options_key: json.loads(method.options.model_dump_json())}
     if method is None or not method.uses_hessian:
         record.pop("hessian")
+    if method is None or not method.uses_refit:
+        record.pop("refit")
     return record
 
 

@@ -19,7 +19,7 @@ from hyperprune.methods.base import BlockContext, PruningMethod, register_method
 from hyperprune.methods.hyperprune import objectives as obj
 from hyperprune.methods.hyperprune.network import HyperNetwork
 from hyperprune.methods.hyperprune.problem import LayerProblem, build_problem, input_terms, pattern_index
-from hyperprune.numerics.refit import lstsq_refit, quadratic_output_error
+from hyperprune.numerics.refit import RefitResult, exact_refit, quadratic_output_error
 from hyperprune.methods.sparsegpt import sparsegpt_prune
 
 _CHECKPOINT_GROUPS = 1 << 21  # above this many groups in a layer, recompute h_θ in backward
@@ -33,8 +33,9 @@ _COMPACT_STEP_GROUPS = 1 << 14  # the same for 7B-sized layers, whose 7 graphs a
 _UNPREFIXED = ("steps", "objective", "block_fraction", "relaxation", "refresh_every", "straight_through", "hidden_dim",
                "depth", "features", "embed_dim", "embed_init", "lr", "embed_lr", "weight_decay", "tau0", "tau_final",
                "tau_decay", "prior", "prior_gamma", "prior_decay", "prior_beta", "lambda_outlier", "lambda_continual",
-               "continual_groups", "row_fraction", "batch_size", "refit", "refit_method", "refit_damp", "refit_rounds",
+               "continual_groups", "row_fraction", "batch_size", "refit", "refit_damp", "refit_rounds",
                "round_steps")
+# --refit-method is now the shared refit flag (every exact refit); it still sets hyperprune's.
 _LEGACY_FLAGS = {field: ("--" + field.replace("_", "-"),) for field in _UNPREFIXED} | {
     "layer_embedding": ("--no-layer-emb",), "component_embedding": ("--no-comp-emb",),
     "outlier": ("--no-outlier",), "continual": ("--no-continual",),
@@ -49,6 +50,7 @@ class HyperPrune(PruningMethod):
     statistics = StatisticsKind.HESSIAN
     supports_unstructured = False
     uses_hessian = True
+    uses_refit = True
     checkpoint_groups = _CHECKPOINT_GROUPS  # class attribute, so a test can force the checkpointed path
 
     def __init__(self, config: PruneConfig, preset=None) -> None:
@@ -162,7 +164,7 @@ class HyperPrune(PruningMethod):
                 if problem.prior_keep is not None:
                     candidates["prior"] = problem.prior_keep
                 for name, keep in candidates.items():
-                    candidate = self._refit_candidate(ctx, role, problem, keep)
+                    candidate = self._refit_candidate(ctx, role, problem, keep, info[role])
                     info[role][f"{name}_refit_error"] = _relative(candidate[2], problem)
                     best[role] = _better_rows(best.get(role), candidate)
         for round_index in range(opts.refit_rounds):
@@ -178,32 +180,38 @@ class HyperPrune(PruningMethod):
             with torch.no_grad():
                 for role, keep in self._hard_masks(network, ctx.index, problems, prior_table, gamma).items():
                     before = best[role][0]
-                    best[role] = _better_rows(best[role], self._refit_candidate(ctx, role, problems[role], keep))
+                    best[role] = _better_rows(best[role], self._refit_candidate(ctx, role, problems[role], keep, info[role]))
                     info[role][f"changed_round_{round_index + 1}"] = float(
                         (best[role][0] != before).view(-1, problems[role].m).any(1).float().mean())
         for role, problem in problems.items():
             info[role]["refit_error"] = _relative(best[role][2], problem)
         return {role: b[0] for role, b in best.items()}, {role: b[1] for role, b in best.items()}, round_timing
 
-    def _refit_candidate(self, ctx, role, problem: LayerProblem, keep: torch.Tensor):
-        """(keep, refit weight, per-row calibration error (w − w′)ᵀH(w − w′))."""
-        refit = self._refit(ctx, role, problem, keep).float()
-        return keep, refit, quadratic_output_error(problem.weight, refit, problem.hessian)
+    def _refit_candidate(self, ctx, role, problem: LayerProblem, keep: torch.Tensor, info: dict):
+        """(keep, refit weight, per-row calibration error (w − w′)ᵀH(w − w′)); CG's iterations
+        are added up in ``info["refit_iterations"]``."""
+        result = self._refit(ctx, role, problem, keep)
+        if result.iterations is not None:
+            info["refit_iterations"] = info.get("refit_iterations", 0) + result.iterations
+        return keep, result.weight.float(), result.error
 
     def _refresh(self, problem: LayerProblem, keep: torch.Tensor, need_costs: bool | None = None) -> None:
         if need_costs is None:
             need_costs = self.options.relaxation == "exact"
         problem.refresh(keep, self.options.features, _FEATURE_CACHE_BYTES, need_costs)
 
-    def _refit(self, ctx: BlockContext, role: str, problem: LayerProblem, keep: torch.Tensor) -> torch.Tensor:
+    def _refit(self, ctx: BlockContext, role: str, problem: LayerProblem, keep: torch.Tensor) -> RefitResult:
         """The kept weights of the dense layer refit for ``keep`` (zero elsewhere)."""
         weight = ctx.linears[role].weight.data
-        if self.options.refit_method == "lstsq":
+        solver = self.options.refit_method or self.config.refit.method
+        if solver != "obs":
             # The problem's H (dead inputs pinned) gives the same damped system as a fresh copy.
-            return lstsq_refit(weight, problem.hessian, keep, self.options.refit_damp)
+            refit = self.config.refit
+            return exact_refit(weight, problem.hessian, keep, self.options.refit_damp, solver, refit.tol, refit.max_iter)
         # OBS needs the raw H: it zeroes the weights of inputs never seen (diag H = 0).
-        return sparsegpt_prune(weight, ctx.statistics[role].hessian(), ctx.target, self.config.hessian,
-                               f"block {ctx.index} {role}", keep_mask=keep, overwrite_hessian=True).weight
+        obs = sparsegpt_prune(weight, ctx.statistics[role].hessian(), ctx.target, self.config.hessian,
+                              f"block {ctx.index} {role}", keep_mask=keep, overwrite_hessian=True).weight
+        return RefitResult(obs, quadratic_output_error(problem.weight, obs.float(), problem.hessian))
 
     def _mask_info(self, problem: LayerProblem, keep: torch.Tensor) -> dict[str, float]:
         info = {"mask_error": problem.relative_error(keep)}
