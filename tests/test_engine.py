@@ -154,3 +154,23 @@ def test_activations_on_disk_give_the_same_result(tmp_path):
     assert (tmp_path / "acts" / "inputs.bin").stat().st_size == 4 * 24 * 64 * 4  # nsamples x seqlen x hidden x fp32
     assert all(torch.equal(in_memory.masks[k], on_disk.masks[k]) for k in in_memory.masks)
     assert torch.equal(in_memory.final_hidden, on_disk.final_hidden)
+
+
+def test_layer_errors_metered_on_the_first_windows_only_change_the_report():
+    """The per-layer error is metered on the first ``layer_error_windows`` windows: the weights do
+    not change, the subset's errors differ from all windows', and 0 meters every window."""
+
+    results = {}
+    for windows in (0, 1, 4):
+        model = tiny_model("llama")
+        config = PruneConfig(method="sparsegpt", nsamples=4)
+        settings = EngineSettings(target=config.target, layer_error_windows=windows)
+        result = run_layerwise(model, layout_for("llama"), get_method("sparsegpt")(config), calib_ids(4), CPU, settings,
+                               progress=False)
+        results[windows] = (result, {k: v.clone() for k, v in model.state_dict().items()})
+    all_windows, one_window, four = results[0][0], results[1][0], results[4][0]
+    for key, value in results[0][1].items():
+        assert torch.equal(value, results[1][1][key]), key
+    errors = lambda r: [layer.rel_error for layer in r.layers]  # noqa: E731
+    assert errors(four) == errors(all_windows)  # 4 of 4 windows is every window
+    assert errors(one_window) != errors(all_windows) and all(e > 0 for e in errors(one_window))

@@ -99,6 +99,10 @@ class SparsityTarget(BaseModel):
         return str(self.pattern) if self.pattern is not None else f"unstructured-{self.sparsity:g}"
 
 
+# Calibration windows on which each block's per-layer error is metered (an extra GEMM per layer
+# and window): the engine's one cost beyond the two passes that the original SparseGPT and Wanda make.
+DEFAULT_LAYER_ERROR_WINDOWS = 2
+
 # Damping of the exact least-squares refit, as a fraction of mean(diag H); chosen on held-out
 # windows by benchmarks/hyperprune_sweep.py (README, "Settings sweep").
 DEFAULT_LSTSQ_DAMP = 0.1
@@ -345,6 +349,7 @@ class EngineSettings(Options):
     fit_target: Literal["pruned", "dense"] = "pruned"
     fit_target_damp: float = Field(DEFAULT_LSTSQ_DAMP, gt=0)
     reconstruct: ReconstructOptions = Field(default_factory=ReconstructOptions)
+    layer_error_windows: int = Field(DEFAULT_LAYER_ERROR_WINDOWS, ge=0)
 
 
 class PruneConfig(BaseModel):
@@ -387,6 +392,10 @@ class PruneConfig(BaseModel):
         "fraction of mean diag(H)"
     )
     reconstruct: ReconstructOptions = Field(default_factory=ReconstructOptions)
+    layer_error_windows: int = Field(
+        DEFAULT_LAYER_ERROR_WINDOWS, ge=0, description="the report's per-layer error ‖ΔW x‖²/‖W x‖² is measured on the "
+        "first N calibration windows of each block (0: all); each metered window costs one more GEMM per layer"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -430,7 +439,8 @@ class PruneConfig(BaseModel):
     def engine_settings(self) -> EngineSettings:
         return EngineSettings(target=self.target, seed=self.seed, offload_activations=self.offload_activations,
                               offload_to_disk=self.offload_to_disk, on_nan=self.on_nan, fit_target=self.fit_target,
-                              fit_target_damp=self.fit_target_damp, reconstruct=self.reconstruct)
+                              fit_target_damp=self.fit_target_damp, reconstruct=self.reconstruct,
+                              layer_error_windows=self.layer_error_windows)
 
     def with_method(self, method: str) -> PruneConfig:
         """The same run settings for another method (its options, if any, come along)."""

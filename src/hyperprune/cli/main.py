@@ -59,6 +59,8 @@ def add_pruning_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-offload", action="store_true", help="keep calibration activations on the compute device")
     p.add_argument("--offload-to-disk", action="store_true", help="keep calibration activations in memory-mapped files (when they don't fit in RAM)")
     p.add_argument("--on-nan", default="error", choices=["error", "skip"], help="on NaN/Inf: stop (default) or keep that block dense")
+    p.add_argument("--layer-error-windows", type=int, default=PruneConfig.model_fields["layer_error_windows"].default,
+                   metavar="N", help=PruneConfig.model_fields["layer_error_windows"].description + " (default: %(default)s)")
     _add_reconstruct(p)
     add_method_option_groups(p)
 
@@ -289,7 +291,7 @@ def cmd_make_random_model(args: argparse.Namespace) -> int:
 
 # PruneConfig fields whose flag has the same name (--fit-target → fit_target).
 _FIELDS_NAMED_AS_FLAGS = ("model", "calib", "nsamples", "seqlen", "seed", "device", "dtype", "on_nan",
-                          "offload_to_disk", "bos_per_window", "fit_target", "fit_target_damp")
+                          "offload_to_disk", "bos_per_window", "fit_target", "fit_target_damp", "layer_error_windows")
 
 
 def config_from_args(args: argparse.Namespace, method: str, methods: list[str] | None = None,

@@ -104,7 +104,7 @@ class HyperPrune(PruningMethod):
         device = ctx.device
         patterns = nm_patterns(pattern.n, pattern.m).to(device)
         prior_table = obj.prior_log_probs(patterns, patterns, opts.prior_beta)
-        problems, shared_inputs = {}, {}
+        problems, shared_inputs, prior_errors = {}, {}, {}
         setup_start = _now(device)
         for role, linear in ctx.linears.items():
             stats = ctx.statistics[role]
@@ -112,8 +112,11 @@ class HyperPrune(PruningMethod):
                 shared_inputs[id(stats)] = input_terms(stats, self.config.hessian, pattern.m, f"block {ctx.index} {role}")
             # One component embedding per role of the block (the paper's 7 for LLaMA-style blocks).
             problem = build_problem(role, linear.weight, stats, shared_inputs[id(stats)], ctx.target, opts.prior,
-                                    patterns, self.config.hessian, component=list(ctx.linears).index(role))
+                                    patterns, self.config.hessian, component=list(ctx.linears).index(role),
+                                    keep_prior_weight=opts.refit and self._refit_solver() == "cg")
             self._refresh(problem, problem.current_keep)
+            if problem.prior_keep is not None:  # the prior's frozen error, free from the first refresh
+                prior_errors[role] = problem.refreshed_relative_error()
             problems[role] = problem
         in_features = obj.feature_width(opts.features, pattern.n, pattern.m)
         if self.network is None:
@@ -128,7 +131,7 @@ class HyperPrune(PruningMethod):
         gamma_final = obj.prior_weight(opts.steps, opts.steps, opts.prior_gamma, opts.prior_decay)
         with torch.no_grad():
             keeps = self._hard_masks(network, ctx.index, problems, prior_table, gamma_final)
-            info = {role: self._mask_info(problems[role], keeps[role]) for role in problems}
+            info = {role: self._mask_info(problems[role], keeps[role], prior_errors.get(role)) for role in problems}
         refit_start = _now(device)
         if opts.refit:
             keeps, refits, round_timing = self._refit_aware(ctx, network, problems, patterns, prior_table, generator,
@@ -160,13 +163,17 @@ class HyperPrune(PruningMethod):
         best = {}
         with torch.no_grad():
             for role, problem in problems.items():
-                candidates = {"learned": keeps[role]}
-                if problem.prior_keep is not None:
-                    candidates["prior"] = problem.prior_keep
-                for name, keep in candidates.items():
-                    candidate = self._refit_candidate(ctx, role, problem, keep, info[role])
-                    info[role][f"{name}_refit_error"] = _relative(candidate[2], problem)
-                    best[role] = _better_rows(best.get(role), candidate)
+                refits = {}
+                if problem.prior_keep is not None:  # first, so that its refit can start the learned mask's
+                    refits["prior"] = self._refit_candidate(ctx, role, problem, problem.prior_keep, info[role],
+                                                            problem.prior_weight)
+                problem.prior_weight = None
+                refits["learned"] = self._refit_candidate(ctx, role, problem, keeps[role], info[role],
+                                                          _first_guess(refits.get("prior"), problem.weight, keeps[role]))
+                for name in ("learned", "prior"):  # folded learned first: ties keep the learned mask, as always
+                    if name in refits:
+                        info[role][f"{name}_refit_error"] = _relative(refits[name][2], problem)
+                        best[role] = _better_rows(best.get(role), refits[name])
         for round_index in range(opts.refit_rounds):
             with torch.no_grad():
                 for role, problem in problems.items():
@@ -180,17 +187,19 @@ class HyperPrune(PruningMethod):
             with torch.no_grad():
                 for role, keep in self._hard_masks(network, ctx.index, problems, prior_table, gamma).items():
                     before = best[role][0]
-                    best[role] = _better_rows(best[role], self._refit_candidate(ctx, role, problems[role], keep, info[role]))
+                    guess = _first_guess(best[role], problems[role].weight, keep)
+                    best[role] = _better_rows(best[role], self._refit_candidate(ctx, role, problems[role], keep, info[role], guess))
                     info[role][f"changed_round_{round_index + 1}"] = float(
                         (best[role][0] != before).view(-1, problems[role].m).any(1).float().mean())
         for role, problem in problems.items():
             info[role]["refit_error"] = _relative(best[role][2], problem)
         return {role: b[0] for role, b in best.items()}, {role: b[1] for role, b in best.items()}, round_timing
 
-    def _refit_candidate(self, ctx, role, problem: LayerProblem, keep: torch.Tensor, info: dict):
+    def _refit_candidate(self, ctx, role, problem: LayerProblem, keep: torch.Tensor, info: dict,
+                         start: torch.Tensor | None = None):
         """(keep, refit weight, per-row calibration error (w − w′)ᵀH(w − w′)); CG's iterations
-        are added up in ``info["refit_iterations"]``."""
-        result = self._refit(ctx, role, problem, keep)
+        are added up in ``info["refit_iterations"]``; ``start``: CG's first guess."""
+        result = self._refit(ctx, role, problem, keep, start)
         if result.iterations is not None:
             info["refit_iterations"] = info.get("refit_iterations", 0) + result.iterations
         return keep, result.weight.float(), result.error
@@ -200,23 +209,28 @@ class HyperPrune(PruningMethod):
             need_costs = self.options.relaxation == "exact"
         problem.refresh(keep, self.options.features, _FEATURE_CACHE_BYTES, need_costs)
 
-    def _refit(self, ctx: BlockContext, role: str, problem: LayerProblem, keep: torch.Tensor) -> RefitResult:
+    def _refit_solver(self) -> str:
+        return self.options.refit_method or self.config.refit.method
+
+    def _refit(self, ctx: BlockContext, role: str, problem: LayerProblem, keep: torch.Tensor,
+               start: torch.Tensor | None = None) -> RefitResult:
         """The kept weights of the dense layer refit for ``keep`` (zero elsewhere)."""
         weight = ctx.linears[role].weight.data
-        solver = self.options.refit_method or self.config.refit.method
+        solver = self._refit_solver()
         if solver != "obs":
             # The problem's H (dead inputs pinned) gives the same damped system as a fresh copy.
             refit = self.config.refit
-            return exact_refit(weight, problem.hessian, keep, self.options.refit_damp, solver, refit.tol, refit.max_iter)
+            return exact_refit(weight, problem.hessian, keep, self.options.refit_damp, solver, refit.tol, refit.max_iter,
+                               start if solver == "cg" else None)
         # OBS needs the raw H: it zeroes the weights of inputs never seen (diag H = 0).
         obs = sparsegpt_prune(weight, ctx.statistics[role].hessian(), ctx.target, self.config.hessian,
                               f"block {ctx.index} {role}", keep_mask=keep, overwrite_hessian=True).weight
         return RefitResult(obs, quadratic_output_error(problem.weight, obs.float(), problem.hessian))
 
-    def _mask_info(self, problem: LayerProblem, keep: torch.Tensor) -> dict[str, float]:
+    def _mask_info(self, problem: LayerProblem, keep: torch.Tensor, prior_error: float | None = None) -> dict[str, float]:
         info = {"mask_error": problem.relative_error(keep)}
         if problem.prior_keep is not None:
-            info["prior_error"] = problem.relative_error(problem.prior_keep)
+            info["prior_error"] = problem.relative_error(problem.prior_keep) if prior_error is None else prior_error
             info["changed_vs_prior"] = float((keep != problem.prior_keep).view(-1, problem.m).any(1).float().mean())
         return info
 
@@ -421,6 +435,15 @@ class _StepInputs:
     generator: torch.Generator
     weight_names: dict[str, str]  # role -> the weight's name inside the block (for functional_call)
     clock: dict[str, float]  # seconds spent, by phase
+
+
+def _first_guess(refit_candidate, weight: torch.Tensor, keep: torch.Tensor) -> torch.Tensor | None:
+    """CG's first guess for ``keep``: an earlier candidate's refit weights where it kept the same
+    weights, the dense weights elsewhere (None without an earlier candidate)."""
+    if refit_candidate is None:
+        return None
+    earlier_keep, earlier_refit, _ = refit_candidate
+    return torch.where(earlier_keep, earlier_refit, weight.float()) * keep
 
 
 def _better_rows(best, candidate):

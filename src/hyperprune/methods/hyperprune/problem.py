@@ -69,6 +69,8 @@ class LayerProblem:
     coupling: torch.Tensor | None = None  # [d_out, d_in] V ⊙ (e H) at current_keep
     delta: torch.Tensor | None = None  # [d_out, d_in/m, P] Δ loss per pattern at current_keep
     cached_features: torch.Tensor | None = None  # [d_out, d_in/m, F], when small enough to keep
+    keep_error: torch.Tensor | None = None  # [d_out] eᵀHe at current_keep, from the last refresh
+    prior_weight: torch.Tensor | None = None  # SparseGPT's OBS weights for the prior (kept for a refit's first guess)
 
     @property
     def hessian(self) -> torch.Tensor:
@@ -104,10 +106,12 @@ class LayerProblem:
         if "coupling" in names or "delta" in names:
             rows = self.weight.shape[0]
             chunk = max(1, _FEATURE_ROWS_BYTES // (self.weight.shape[1] * self.patterns.shape[0] * 4 * 3))
-            coupling, delta = [], []
+            coupling, delta, frozen = [], [], []
             for first in range(0, rows, chunk):
                 sel = slice(first, first + chunk)
-                error_h = self.error(keep[sel].float(), torch.arange(first, min(first + chunk, rows))) @ H  # eH
+                error = self.error(keep[sel].float(), torch.arange(first, min(first + chunk, rows)))
+                error_h = error @ H  # eH
+                frozen.append((error * error_h).sum(dim=1))  # eᵀHe per row, free once eH is there
                 if "coupling" in names:
                     coupling.append((self.values[sel] * error_h).to(store))
                 if "delta" in names:
@@ -116,6 +120,9 @@ class LayerProblem:
                                                           error_h).to(store))
             self.coupling = torch.cat(coupling) if coupling else None
             self.delta = torch.cat(delta) if delta else None
+            self.keep_error = torch.cat(frozen)
+        else:
+            self.keep_error = None
         self.cached_features = None
         size = self.weight.numel() // self.m * obj.feature_width(names, int(self.patterns[0].sum()), self.m) * 4
         if size <= cache_bytes:
@@ -153,6 +160,13 @@ class LayerProblem:
         delta = self.weight * (~keep)
         return float(obj.quadratic_error(delta, self.hessian) / self.dense_energy.sum().clamp_min(1e-12))
 
+    def refreshed_relative_error(self) -> float | None:
+        """:meth:`relative_error` of ``current_keep`` from the last refresh (no W·H product), while
+        V = W; None when the refresh computed no eH."""
+        if self.keep_error is None or self.base is not None:
+            return None
+        return float(self.keep_error.sum() / self.dense_energy.sum().clamp_min(1e-12))
+
 
 def pattern_index(keep: torch.Tensor, patterns: torch.Tensor) -> torch.Tensor:
     """Index into ``patterns`` of each group's keep-pattern (groups must be exactly n-hot)."""
@@ -168,17 +182,20 @@ def pattern_index(keep: torch.Tensor, patterns: torch.Tensor) -> torch.Tensor:
 
 def build_problem(role: str, weight: torch.Tensor, stats: InputStatistics, terms: InputTerms,
                   target: SparsityTarget, prior: str, patterns: torch.Tensor, hessian_options: HessianOptions,
-                  component: int | None = None) -> LayerProblem:
-    """Everything per layer that stays fixed while the hypernetwork trains (until a refresh)."""
+                  component: int | None = None, keep_prior_weight: bool = False) -> LayerProblem:
+    """Everything per layer that stays fixed while the hypernetwork trains (until a refresh).
+    ``keep_prior_weight``: keep SparseGPT's updated weights (a refit's first guess), not only its mask."""
     pattern = target.pattern
     W = weight.detach().float()
     H = terms.hessian
     wanda_keep = nm_mask_from_scores(wanda_scores(W, terms.column_norms), pattern.n, pattern.m)
-    prior_keep = None
+    prior_keep = prior_weight = None
     if prior == "wanda":
         prior_keep = wanda_keep
     elif prior == "sparsegpt":
-        prior_keep = sparsegpt_prune(W, None, target, hessian_options, role, factor=terms.factor).mask
+        obs = sparsegpt_prune(W, None, target, hessian_options, role, factor=terms.factor)
+        prior_keep = obs.mask
+        prior_weight = obs.weight if keep_prior_weight else None
     second_moment = terms.mean.pow(2) + terms.variance  # E[x_j²]
     return LayerProblem(
         role=role,
@@ -194,4 +211,5 @@ def build_problem(role: str, weight: torch.Tensor, stats: InputStatistics, terms
         prior_index=None if prior_keep is None else pattern_index(prior_keep, patterns),
         patterns=patterns,
         m=pattern.m,
+        prior_weight=prior_weight,
     )
