@@ -8,6 +8,9 @@ counts as a tie when their means differ by less than the larger of their two ran
 
     python benchmarks/merge_seeds.py benchmarks/results/hyperprune-3seed/compare-2of4-hp-seed{0,1,2}.json \
         --json benchmarks/results/hyperprune-3seed/compare-2of4-hp-merged.json --markdown
+
+An input written ``FILE@LABEL`` has `` (LABEL)`` added to its method names, so that runs of one
+method under other settings (``--refit-method lstsq``) get rows of their own.
 """
 
 from __future__ import annotations
@@ -72,6 +75,16 @@ def markdown(merged: dict) -> str:
     return "\n".join(lines)
 
 
+def load_run(spec: str) -> dict:
+    """One compare JSON; ``FILE@LABEL`` labels its methods."""
+    path, _, label = spec.partition("@")
+    run = json.loads(Path(path).read_text())
+    run["_path"] = path
+    if label:
+        run["methods"] = {f"{name} ({label})": entry for name, entry in run["methods"].items()}
+    return run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("inputs", nargs="+")
@@ -80,11 +93,7 @@ def main() -> None:
     parser.add_argument("--time-seeds", default=None,
                         help="comma-separated seeds whose prune times count (default: all), e.g. the runs that had the CPU to themselves")
     args = parser.parse_args()
-    runs = []
-    for path in args.inputs:
-        run = json.loads(Path(path).read_text())
-        run["_path"] = path
-        runs.append(run)
+    runs = [load_run(spec) for spec in args.inputs]
     time_seeds = {int(s) for s in args.time_seeds.split(",")} if args.time_seeds else None
     merged = merge(runs, time_seeds)
     if args.json:

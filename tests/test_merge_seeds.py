@@ -46,3 +46,17 @@ def test_time_seeds_keep_quality_from_every_seed(merge_seeds):
     assert row["prune_seconds_median"] == pytest.approx(50.0) and row["time_vs_sparsegpt"] == pytest.approx(5.0)
     assert merged["time_seeds"] == [0]
     assert "| hp | 2 | 82.00 ± 2.00 |" in merge_seeds.markdown(merged)
+
+
+def test_a_labelled_input_gets_rows_of_its_own(merge_seeds, tmp_path):
+    import json
+
+    path = tmp_path / "cholesky.json"
+    path.write_text(json.dumps(run(0, {"sparsegpt+lstsq": 90.0}, {"sparsegpt+lstsq": 30.0})))
+    plain = merge_seeds.load_run(str(path))
+    labelled = merge_seeds.load_run(f"{path}@cholesky")
+    assert list(plain["methods"]) == ["sparsegpt+lstsq"] and list(labelled["methods"]) == ["sparsegpt+lstsq (cholesky)"]
+    merged = merge_seeds.merge([run(0, {"sparsegpt+lstsq": 80.0, "sparsegpt": 100.0}, {"sparsegpt+lstsq": 15.0, "sparsegpt": 10.0}),
+                                labelled])["methods"]
+    assert merged["sparsegpt+lstsq (cholesky)"]["time_vs_sparsegpt"] == pytest.approx(3.0)
+    assert merged["sparsegpt+lstsq"]["ppl"]["sotu"]["mean"] == pytest.approx(80.0)
