@@ -45,7 +45,7 @@ class CGCheck(SparseGPT):
             cholesky_s = time.perf_counter() - start
             start = time.perf_counter()
             solved = stacked_exact_refit(dense, hessian, keeps, damp, "cg", refit.tol, refit.max_iter,
-                                         [results[r].weight for r in roles])
+                                         [results[r].weight for r in roles], refit.preconditioner)
             cg_s = time.perf_counter() - start
             for role, w, ref, cg in zip(roles, dense, reference, solved):
                 ref_error = float(quadratic_output_error(w, ref.weight, hessian).sum())
@@ -68,12 +68,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tol", type=float, default=RefitOptions().tol)
     parser.add_argument("--max-iter", type=int, default=RefitOptions().max_iter)
+    parser.add_argument("--preconditioner", default=RefitOptions().preconditioner, choices=["inverse", "jacobi"])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     config = PruneConfig(model=args.model, method="cg-check", nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed,
-                         options={"cg-check": {"refit": "lstsq"}}, refit={"tol": args.tol, "max_iter": args.max_iter})
+                         options={"cg-check": {"refit": "lstsq"}}, refit={"tol": args.tol, "max_iter": args.max_iter,
+                                                                        "preconditioner": args.preconditioner})
     loaded, seqlen = load_for(config)
     calib = calibration_ids(loaded, config, seqlen)
     run = run_method(loaded, config, calib, progress=True)

@@ -61,6 +61,17 @@ def test_cg_matches_a_direct_solve_within_its_tolerance_and_keeps_pruned_weights
     assert torch.allclose(lstsq_refit(W, H, keep, 0.01).double(), reference, rtol=1e-3, atol=1e-4 * float(reference.abs().max()))
 
 
+def test_the_inverse_preconditioner_needs_fewer_iterations_for_the_same_solution():
+    W, H, keep = masked_problem(rows=16, cols=64, tokens=512)
+    jacobi = masked_cg_refit(W, H, keep, 0.01, tol=1e-6, max_iter=500, preconditioner="jacobi")
+    inverse = masked_cg_refit(W, H, keep, 0.01, tol=1e-6, max_iter=500, preconditioner="inverse")
+    assert inverse.iterations < jacobi.iterations
+    assert float(inverse.error.sum()) == pytest.approx(float(jacobi.error.sum()), rel=1e-4)
+    assert torch.allclose(inverse.weight, jacobi.weight, rtol=1e-2, atol=1e-3)
+    with pytest.raises(ValueError, match="inverse or jacobi"):
+        masked_cg_refit(W, H, keep, 0.01, preconditioner="ilu")
+
+
 def test_a_loose_tolerance_stops_early_and_the_cap_is_respected():
     W, H, keep = masked_problem()
     loose = masked_cg_refit(W, H, keep, 0.01, tol=1e-1, max_iter=500)

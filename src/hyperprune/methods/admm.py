@@ -43,7 +43,7 @@ class ADMM(PruningMethod):
                 refit = self.config.refit
                 solved = stacked_exact_refit([ctx.linears[r].weight.data for r in roles], hessian,
                                              [results[r].mask for r in roles], opts.refit_damp, refit.method,
-                                             refit.tol, refit.max_iter, [weights[r] for r in roles])
+                                             refit.tol, refit.max_iter, [weights[r] for r in roles], refit.preconditioner)
                 for role, result in zip(roles, solved):
                     weights[role] = result.weight
                     ctx.info[role] = {"refit_iterations": result.iterations, "refit_residual": result.residual}

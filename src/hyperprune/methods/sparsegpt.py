@@ -193,7 +193,8 @@ class SparseGPT(PruningMethod):
                 refit = self.config.refit
                 solved = stacked_exact_refit([ctx.linears[r].weight.data for r in roles], hessian,
                                              [results[r].mask for r in roles], self.options.lstsq_damp, refit.method,
-                                             refit.tol, refit.max_iter, [results[r].weight for r in roles])
+                                             refit.tol, refit.max_iter, [results[r].weight for r in roles],
+                                             refit.preconditioner)
                 weights = {role: result.weight for role, result in zip(roles, solved)}
                 for role, result in zip(roles, solved):
                     ctx.info[role] = {"refit_iterations": result.iterations, "refit_residual": result.residual}

