@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 DEMO_DIR ?= runs/demo-smollm2-2of4-sparsegpt
 
-.PHONY: install demo test test-all benchmark benchmark-hyperprune benchmark-zeroshot benchmark-scale clean
+.PHONY: install demo test test-all benchmark benchmark-hyperprune benchmark-zeroshot benchmark-scale benchmark-refit clean
 
 install: $(VENV)/.installed
 
@@ -67,3 +67,19 @@ benchmark-scale: install
 
 clean:
 	rm -rf $(VENV) runs
+
+# Exact refit by CG against Cholesky, and ADMM (issue 26): 3 seeds, 8 x 256 calibration tokens, one thread.
+REFIT_FLAGS = --pattern 2:4 --nsamples 8 --seqlen 256 --eval sotu,brown-test,shakespeare --eval-windows 40
+benchmark-refit: install
+	for S in 0 1 2; do \
+		OMP_NUM_THREADS=1 $(VENV)/bin/hyperprune compare --methods sparsegpt,sparsegpt+lstsq,admm,sparsegpt+admm \
+			$(REFIT_FLAGS) --seed $$S --json benchmarks/results/refit-cg/compare-2of4-refit-seed$$S.json; \
+		OMP_NUM_THREADS=1 $(VENV)/bin/hyperprune compare --methods sparsegpt+lstsq --refit-method lstsq \
+			$(REFIT_FLAGS) --seed $$S --json benchmarks/results/refit-cg/compare-2of4-cholesky-seed$$S.json; \
+		OMP_NUM_THREADS=1 $(VENV)/bin/hyperprune compare --methods sparsegpt,hyperprune+refit \
+			$(REFIT_FLAGS) --seed $$S --json benchmarks/results/refit-cg/compare-2of4-hyperprune-refit-seed$$S.json; \
+	done
+	$(PY) benchmarks/merge_seeds.py $(foreach S,0 1 2,benchmarks/results/refit-cg/compare-2of4-refit-seed$(S).json) \
+		$(foreach S,0 1 2,benchmarks/results/refit-cg/compare-2of4-cholesky-seed$(S).json@cholesky) \
+		$(foreach S,0 1 2,benchmarks/results/refit-cg/compare-2of4-hyperprune-refit-seed$(S).json@own-run) \
+		--json benchmarks/results/refit-cg/compare-2of4-refit-merged.json --markdown
