@@ -46,7 +46,7 @@ done
 
 step "4/4 zero-shot, dense and SparseGPT, all documents"
 hp compare --methods dense,sparsegpt --pattern 2:4 --nsamples 32 --seqlen 512 --device cuda \
-    --eval sotu --eval-windows 40 --tasks zeroshot7 --json "$OUT/compare-2of4-zeroshot-full.json"
+    --eval sotu --eval-windows 40 --tasks zeroshot7 --task-batch-size 64 --json "$OUT/compare-2of4-zeroshot-full.json"
 
 echo
 echo "gpu_checks: done on $GPU_NAME; results in $OUT"
