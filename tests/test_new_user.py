@@ -201,7 +201,7 @@ def test_help_says_what_it_is_and_gives_the_real_defaults(capsys):
         main(["prune", "--help"])
     text = capsys.readouterr().out
     assert text.index("core flags:") < text.index("example:") < text.index("options:")  # description and example first
-    assert "\nhyperprune options (also hyperprune+refit):" in text and "\nsparsegpt options (also sparsegpt+lstsq):" in text
+    assert "\nhyperprune options (also hyperprune+refit):" in text and "\nsparsegpt options (also sparsegpt+lstsq, sparsegpt+admm):" in text
 
 
 # ---------------------------------------------------------------- outputs that state themselves

@@ -11,7 +11,7 @@ from hyperprune.cli import main
 from hyperprune.config import HessianOptions, SparsityTarget
 from hyperprune.masks import count_nm_violations
 from hyperprune.methods.sparsegpt import sparsegpt_prune
-from hyperprune.numerics.admm import admm_factor, admm_prune, cubic_sparsity, gradual_keep_mask
+from hyperprune.numerics.admm_solver import admm_factor, admm_prune, cubic_sparsity, gradual_keep_mask
 from hyperprune.numerics.least_squares import damped_hessian
 from hyperprune.numerics.refit import (
     exact_refit,

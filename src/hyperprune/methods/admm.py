@@ -1,5 +1,5 @@
 """ADMM pruning (Boža 2024): the mask chosen gradually while ADMM updates the weights; the math is
-in ``numerics.admm``. Optionally the exact refit on the final mask (ALPS's last step)."""
+in ``numerics.admm_solver``. Optionally the exact refit on the final mask (ALPS's last step)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from hyperprune.config import ADMMOptions
 from hyperprune.errors import HyperpruneError
 from hyperprune.methods.base import BlockContext, PruningMethod, register_method, roles_by_input
-from hyperprune.numerics.admm import admm_factor, admm_prune
+from hyperprune.numerics.admm_solver import admm_factor, admm_prune
 from hyperprune.numerics.refit import stacked_exact_refit
 from hyperprune.numerics.statistics import StatisticsKind
 

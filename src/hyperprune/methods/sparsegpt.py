@@ -15,7 +15,7 @@ from hyperprune.config import ADMMOptions, HessianOptions, SparseGPTOptions, Spa
 from hyperprune.numerics.statistics import StatisticsKind
 from hyperprune.errors import HyperpruneError
 from hyperprune.methods.base import BlockContext, PruningMethod, register_method, register_preset, roles_by_input
-from hyperprune.numerics.admm import admm_factor, admm_prune
+from hyperprune.numerics.admm_solver import admm_factor, admm_prune
 from hyperprune.numerics.refit import lstsq_refit, stacked_exact_refit
 
 log = logging.getLogger(__name__)
