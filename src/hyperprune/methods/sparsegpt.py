@@ -179,7 +179,8 @@ class SparseGPT(PruningMethod):
         return True
 
     def prune_block(self, ctx: BlockContext) -> dict[str, torch.Tensor]:
-        if self.options.refit != "lstsq" or self.config.refit.method == "lstsq":
+        grouped = self.options.refit == "admm" or (self.options.refit == "lstsq" and self.config.refit.method != "lstsq")
+        if not grouped:
             return super().prune_block(ctx)
         masks = {}
         for roles in roles_by_input(ctx):
@@ -187,7 +188,12 @@ class SparseGPT(PruningMethod):
             for role in roles:  # each pass pins dead inputs in its own copy of H; the last is kept
                 hessian = ctx.statistics[role].hessian()
                 results[role] = self._sparsegpt(ctx.linears[role], hessian, ctx.target, f"block {ctx.index} {role}")
-            if self.config.refit.method == "obs":  # the exact refit "by OBS" is SparseGPT's own update
+            if self.options.refit == "admm":  # one ADMM factor for the layers sharing the input
+                admm = ADMMOptions()
+                factor = admm_factor(hessian, admm.damp, admm.rho)
+                weights = {role: admm_prune(ctx.linears[role].weight.data, factor, ctx.target, admm.iterations,
+                                            rho=admm.rho, keep=results[role].mask).weight for role in roles}
+            elif self.config.refit.method == "obs":  # the exact refit "by OBS" is SparseGPT's own update
                 weights = {role: result.weight for role, result in results.items()}
             else:
                 refit = self.config.refit
@@ -207,12 +213,8 @@ class SparseGPT(PruningMethod):
         hessian = stats.hessian()  # SparseGPT pins its dead inputs in place; the lstsq refit would do the same
         result = self._sparsegpt(linear, hessian, target, where)
         weight = result.weight
-        if self.options.refit == "lstsq":
+        if self.options.refit == "lstsq":  # by Cholesky; CG and ADMM run per input group in prune_block
             weight = lstsq_refit(linear.weight.data, hessian, result.mask, self.options.lstsq_damp)
-        elif self.options.refit == "admm":
-            admm = ADMMOptions()
-            factor = admm_factor(hessian, admm.damp, admm.rho)
-            weight = admm_prune(linear.weight.data, factor, target, admm.iterations, rho=admm.rho, keep=result.mask).weight
         linear.weight.data.copy_(weight)
         return result.mask
 

@@ -161,6 +161,7 @@ class HyperPrune(PruningMethod):
         opts = self.options
         round_timing: dict[str, float] = {}
         best = {}
+        problem_uses_cg = self._refit_solver() == "cg"  # only CG takes a first guess
         with torch.no_grad():
             for role, problem in problems.items():
                 refits = {}
@@ -168,8 +169,8 @@ class HyperPrune(PruningMethod):
                     refits["prior"] = self._refit_candidate(ctx, role, problem, problem.prior_keep, info[role],
                                                             problem.prior_weight)
                 problem.prior_weight = None
-                refits["learned"] = self._refit_candidate(ctx, role, problem, keeps[role], info[role],
-                                                          _first_guess(refits.get("prior"), problem.weight, keeps[role]))
+                guess = _first_guess(refits.get("prior"), problem.weight, keeps[role]) if problem_uses_cg else None
+                refits["learned"] = self._refit_candidate(ctx, role, problem, keeps[role], info[role], guess)
                 for name in ("learned", "prior"):  # folded learned first: ties keep the learned mask, as always
                     if name in refits:
                         info[role][f"{name}_refit_error"] = _relative(refits[name][2], problem)
@@ -187,7 +188,7 @@ class HyperPrune(PruningMethod):
             with torch.no_grad():
                 for role, keep in self._hard_masks(network, ctx.index, problems, prior_table, gamma).items():
                     before = best[role][0]
-                    guess = _first_guess(best[role], problems[role].weight, keep)
+                    guess = _first_guess(best[role], problems[role].weight, keep) if problem_uses_cg else None
                     best[role] = _better_rows(best[role], self._refit_candidate(ctx, role, problems[role], keep, info[role], guess))
                     info[role][f"changed_round_{round_index + 1}"] = float(
                         (best[role][0] != before).view(-1, problems[role].m).any(1).float().mean())
