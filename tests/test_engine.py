@@ -174,3 +174,16 @@ def test_layer_errors_metered_on_the_first_windows_only_change_the_report():
     errors = lambda r: [layer.rel_error for layer in r.layers]  # noqa: E731
     assert errors(four) == errors(all_windows)  # 4 of 4 windows is every window
     assert errors(one_window) != errors(all_windows) and all(e > 0 for e in errors(one_window))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_the_finite_check_finds_one_bad_value_anywhere(dtype, bad):
+    from hyperprune.engine.layerwise import NonFiniteError, all_finite, check_finite
+
+    tensor = torch.randn(3, 5, 8).to(dtype)
+    assert all_finite(tensor) and all_finite(torch.arange(4)) and all_finite(torch.empty(0))
+    tensor[2, 4, 7] = bad
+    assert not all_finite(tensor)
+    with pytest.raises(NonFiniteError, match="block 3 component q"):
+        check_finite(tensor, "weights", 3, "q")

@@ -21,7 +21,7 @@ def test_nm_patterns_are_all_distinct_n_hot_vectors(n, m):
     assert len({tuple(row.tolist()) for row in patterns}) == math.comb(m, n)
 
 
-@pytest.mark.parametrize("n,m", [(2, 4), (1, 4), (4, 8), (3, 8)])
+@pytest.mark.parametrize("n,m", [(2, 4), (1, 4), (4, 8), (3, 8), (8, 32)])
 def test_nm_mask_keeps_exactly_the_top_n_per_group(n, m):
     torch.manual_seed(0)
     scores = torch.randn(16, 4 * m)
@@ -39,6 +39,17 @@ def test_nm_mask_breaks_ties_toward_lower_columns():
     scores = torch.tensor([[1.0, 1.0, 1.0, 1.0, 0.5, 2.0, 2.0, 0.5]])
     mask = nm_mask_from_scores(scores, 2, 4)
     assert mask.tolist() == [[True, True, False, False, False, True, True, False]]
+
+
+@pytest.mark.parametrize("n,m", [(2, 4), (1, 4), (3, 4), (4, 8), (5, 16), (8, 32)])
+def test_nm_mask_equals_a_stable_sort_with_many_ties(n, m):
+    """The pairwise ranking (m ≤ 16) and the sort (beyond) choose exactly what a stable descending
+    sort of each group does, ties included."""
+    torch.manual_seed(1)
+    scores = torch.randint(0, 3, (64, 4 * m)).float()  # three values: ties in nearly every group
+    order = torch.sort(scores.reshape(-1, m), dim=-1, descending=True, stable=True).indices
+    expected = torch.zeros(order.shape, dtype=torch.bool).scatter_(1, order[:, :n], True).reshape(scores.shape)
+    assert torch.equal(nm_mask_from_scores(scores, n, m), expected)
 
 
 def test_nm_mask_rejects_partial_groups():

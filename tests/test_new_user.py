@@ -86,7 +86,7 @@ def test_method_flags_not_given_leave_the_options_class_defaults():
     config = parsed_config("--method", "hyperprune+refit")
     assert config.options == {}
     options = get_method("hyperprune+refit")(config).options
-    assert options == HyperPruneOptions(refit=True)  # the preset's one fixed value, defaults elsewhere
+    assert options == HyperPruneOptions(refit=True, row_fraction=0.05)  # the preset's fixed value and own default
 
 
 def test_eval_batch_size_is_the_task_batch_and_keeps_its_old_spelling():

@@ -65,6 +65,22 @@ def test_presets_are_options_of_their_base_method():
     assert method.name == "hyperprune+refit" and method.options.refit is True and method.options.steps == 3
 
 
+def test_a_presets_own_defaults_yield_to_the_users_options_and_show_in_the_help(toy_method, capsys):
+    from hyperprune.config import PruneConfig
+
+    register_preset("toy+square", "toy", "the toy, squared by default", defaults={"power": 2.0})
+    try:
+        square = get_method("toy+square")
+        assert square(PruneConfig(method="toy+square")).options.power == 2.0
+        assert square(PruneConfig(method="toy+square", options={"toy": {"power": 3.0}})).options.power == 3.0
+        assert get_method("toy")(PruneConfig(method="toy")).options.power == 1.0  # the base keeps its own
+        with pytest.raises(SystemExit):
+            main(["prune", "--help"])
+        assert "toy+square defaults to --toy-power 2.0." in " ".join(capsys.readouterr().out.split())
+    finally:
+        METHODS.pop("toy+square")
+
+
 def test_a_method_or_preset_cannot_be_registered_twice(toy_method):
     with pytest.raises(ValueError, match="registered twice"):
         register_method("toy")(toy_method)

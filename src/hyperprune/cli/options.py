@@ -105,9 +105,12 @@ def add_method_option_groups(parser: argparse.ArgumentParser) -> None:
         cls = entry.cls
         if entry.is_preset or cls.options_class is None:
             continue
-        presets = [e.name for e in METHODS.values() if e.is_preset and e.cls is cls]
-        title = f"{name} options" + (f" (also {', '.join(presets)})" if presets else "")
-        add_option_flags(parser.add_argument_group(title, entry.summary or None), cls.options_class,
+        presets = [e for e in METHODS.values() if e.is_preset and e.cls is cls]
+        title = f"{name} options" + (f" (also {', '.join(e.name for e in presets)})" if presets else "")
+        described = " ".join([entry.summary or ""] + [
+            f"{e.name} defaults to " + ", ".join(f"--{cls.flag_prefix}-{k.replace('_', '-')} {_shown(v)}" for k, v in e.defaults.items()) + "."
+            for e in presets if e.defaults]).strip()
+        add_option_flags(parser.add_argument_group(title, described or None), cls.options_class,
                          f"{cls.flag_prefix}-", f"{_METHOD_DEST}{name}__", legacy=cls.legacy_flags, suppress_defaults=True)
 
 

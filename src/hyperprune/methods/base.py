@@ -152,19 +152,24 @@ def method_options(cls: type[PruningMethod], config: PruneConfig, preset: Mappin
 
 @dataclass(frozen=True)
 class MethodEntry:
-    """A registered name: a method class, or a preset of one (its options with some values fixed).
-    Calling it with a config builds the method."""
+    """A registered name: a method class, or a preset of one (its options with some values fixed,
+    and some defaults of its own that the user's options still override). Calling it with a config
+    builds the method."""
 
     name: str
     cls: type[PruningMethod]
     preset: Mapping[str, Any] = field(default_factory=dict)
     summary: str = ""
+    defaults: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def is_preset(self) -> bool:
         return self.name != self.cls.name
 
     def __call__(self, config: PruneConfig) -> PruningMethod:
+        if self.defaults:
+            given = config.options.get(self.cls.name, {})
+            config = config.model_copy(update={"options": {**config.options, self.cls.name: {**self.defaults, **given}}})
         method = self.cls(config, self.preset)
         method.name = self.name
         return method
@@ -200,15 +205,17 @@ def register_method(name: str, *, options: type[Options] | None = None, flag_pre
     return decorate
 
 
-def register_preset(name: str, base: str, summary: str, **fixed: Any) -> MethodEntry:
-    """A variant of a registered method with some of its options fixed (``sparsegpt+lstsq``)."""
+def register_preset(name: str, base: str, summary: str, defaults: Mapping[str, Any] | None = None,
+                    **fixed: Any) -> MethodEntry:
+    """A variant of a registered method with some of its options fixed (``sparsegpt+lstsq``), and
+    ``defaults`` of its own that a user's options override (``hyperprune+refit``'s row fraction)."""
     if name in METHODS:
         raise ValueError(f"method '{name}' is registered twice")
     cls = METHODS[base].cls
     if cls.options_class is None:
         raise ValueError(f"method '{base}' has no options to preset")
-    cls.options_class(**fixed)  # a bad preset fails at import, not at run time
-    METHODS[name] = MethodEntry(name, cls, dict(fixed), summary)
+    cls.options_class(**(defaults or {}), **fixed)  # a bad preset fails at import, not at run time
+    METHODS[name] = MethodEntry(name, cls, dict(fixed), summary, dict(defaults or {}))
     return METHODS[name]
 
 

@@ -420,8 +420,12 @@ class HyperPrune(PruningMethod):
         ).detach().cpu()
 
 
+# The refit decides the result row by row, so training on 5% of the rows per step instead of 25%
+# ties on quality (benchmarks/hyperprune_sweep.py, blocks 4-5: mean layer error 0.0353 against 0.0352)
+# at half the block time; the shared network sees every layer's groups either way.
 register_preset("hyperprune+refit", "hyperprune", "HyperPrune's mask, then the kept weights refit (beyond the paper): exact "
-                "least squares by default, row by row the better of the learned and the prior mask", refit=True)
+                "least squares by default, row by row the better of the learned and the prior mask", defaults={"row_fraction": 0.05},
+                refit=True)
 
 
 @dataclass
