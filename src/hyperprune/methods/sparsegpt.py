@@ -14,6 +14,7 @@ import torch
 from hyperprune.config import ADMMOptions, HessianOptions, SparseGPTOptions, SparsityTarget
 from hyperprune.numerics.statistics import StatisticsKind
 from hyperprune.errors import HyperpruneError
+from hyperprune.masks import nm_mask_from_scores
 from hyperprune.methods.base import BlockContext, PruningMethod, register_method, register_preset, roles_by_input
 from hyperprune.numerics.admm_solver import admm_factor, admm_prune
 from hyperprune.numerics.refit import lstsq_refit, stacked_exact_refit
@@ -146,9 +147,8 @@ def sparsegpt_prune(
             d = Hinv1[i, i]
             if keep_mask is None and pattern is not None and i % pattern.m == 0:
                 group = W1[:, i : i + pattern.m] ** 2 / d1[i : i + pattern.m].reshape(1, -1) ** 2
-                # Prune the m-n least salient; a stable sort breaks ties toward the lower column.
-                order = torch.sort(group, dim=1, stable=True).indices[:, : pattern.m - pattern.n]
-                mask1.scatter_(1, i + order, True)
+                # Prune the m-n least salient, ties toward the lower column (as a stable ascending sort).
+                mask1[:, i : i + pattern.m] = nm_mask_from_scores(-group, pattern.m - pattern.n, pattern.m)
             q = w.clone()
             q[mask1[:, i]] = 0.0
             Q1[:, i] = q
@@ -179,19 +179,26 @@ class SparseGPT(PruningMethod):
         return True
 
     def prune_block(self, ctx: BlockContext) -> dict[str, torch.Tensor]:
+        """Layers that read one input (q/k/v, gate/up) share H, so they share its factorization;
+        the ADMM and CG updates also solve them together."""
         grouped = self.options.refit == "admm" or (self.options.refit == "lstsq" and self.config.refit.method != "lstsq")
-        if not grouped:
-            return super().prune_block(ctx)
         masks = {}
         for roles in roles_by_input(ctx):
-            results, hessian = {}, None
-            for role in roles:  # each pass pins dead inputs in its own copy of H; the last is kept
-                hessian = ctx.statistics[role].hessian()
-                results[role] = self._sparsegpt(ctx.linears[role], hessian, ctx.target, f"block {ctx.index} {role}")
-            if self.options.refit == "admm":  # one ADMM factor for the layers sharing the input
+            hessian = ctx.statistics[roles[0]].hessian().float()
+            where = f"block {ctx.index} {'+'.join(roles)}"
+            factor = inverse_hessian_factor(hessian, self.config.hessian, where)  # pins dead inputs of H in place
+            results = {role: self._sparsegpt(ctx.linears[role], hessian, ctx.target, f"block {ctx.index} {role}", factor)
+                       for role in roles}
+            del factor
+            if not grouped:
+                weights = {role: result.weight for role, result in results.items()}
+                if self.options.refit == "lstsq":  # by Cholesky, one layer at a time
+                    weights = {role: lstsq_refit(ctx.linears[role].weight.data, hessian, results[role].mask,
+                                                 self.options.lstsq_damp) for role in roles}
+            elif self.options.refit == "admm":  # one ADMM factor for the layers sharing the input
                 admm = ADMMOptions()
-                factor = admm_factor(hessian, admm.damp, admm.rho)
-                weights = {role: admm_prune(ctx.linears[role].weight.data, factor, ctx.target, admm.iterations,
+                admm_inverse = admm_factor(hessian, admm.damp, admm.rho)
+                weights = {role: admm_prune(ctx.linears[role].weight.data, admm_inverse, ctx.target, admm.iterations,
                                             rho=admm.rho, keep=results[role].mask).weight for role in roles}
             elif self.config.refit.method == "obs":  # the exact refit "by OBS" is SparseGPT's own update
                 weights = {role: result.weight for role, result in results.items()}
@@ -205,21 +212,25 @@ class SparseGPT(PruningMethod):
                 for role, result in zip(roles, solved):
                     ctx.info[role] = {"refit_iterations": result.iterations, "refit_residual": result.residual}
             for role in roles:
-                ctx.linears[role].weight.data.copy_(weights[role])
-                masks[role] = results[role].mask
+                linear, mask = ctx.linears[role], results[role].mask
+                linear.weight.data.copy_(weights[role])
+                linear.weight.data.mul_(mask.to(linear.weight.dtype))
+                masks[role] = mask
         return masks
 
     def prune_linear(self, linear, stats, target, where) -> torch.Tensor:
-        hessian = stats.hessian()  # SparseGPT pins its dead inputs in place; the lstsq refit would do the same
-        result = self._sparsegpt(linear, hessian, target, where)
+        """One layer alone (prune_block shares the factorization of H across the layers of one input)."""
+        hessian = stats.hessian().float()
+        result = self._sparsegpt(linear, hessian, target, where)  # pins its dead inputs in place
         weight = result.weight
-        if self.options.refit == "lstsq":  # by Cholesky; CG and ADMM run per input group in prune_block
+        if self.options.refit == "lstsq":
             weight = lstsq_refit(linear.weight.data, hessian, result.mask, self.options.lstsq_damp)
         linear.weight.data.copy_(weight)
         return result.mask
 
-    def _sparsegpt(self, linear, hessian, target, where) -> SparseGPTResult:
-        return sparsegpt_prune(linear.weight.data, hessian, target, self.config.hessian, where, overwrite_hessian=True)
+    def _sparsegpt(self, linear, hessian, target, where, factor=None) -> SparseGPTResult:
+        return sparsegpt_prune(linear.weight.data, hessian, target, self.config.hessian, where, overwrite_hessian=True,
+                               factor=factor)
 
 
 register_preset("sparsegpt+lstsq", "sparsegpt", "SparseGPT's mask, then the exact least-squares refit of the kept weights",
