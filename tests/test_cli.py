@@ -204,3 +204,17 @@ def test_refit_flags_reach_the_report_and_bad_ones_fail(capsys, base_args):
     assert config["refit"]["method"] == "obs" and hp["refit_method"] is None
     assert hp["refit_damp"] == 0.05 and hp["refit_rounds"] == 1
     assert hp["round_steps"] == 2 and hp["relaxation"] == "expected" and hp["refresh_every"] == 0
+
+
+def test_compare_keeps_each_blocks_seconds_and_the_methods_time_split(capsys, tmp_path, calib_file, tiny_model_dir):
+    cmp_json = tmp_path / "c.json"
+    code, _, err = run_cli(capsys, "compare", "--model", str(tiny_model_dir), "--methods", "wanda,hyperprune",
+                           "--hyperprune-steps", "2", "--calib", str(calib_file), "--eval", str(calib_file),
+                           "--nsamples", "2", "--seqlen", "32", "--eval-windows", "2", "--quiet", "--json", str(cmp_json))
+    assert code == 0, err
+    methods = json.loads(cmp_json.read_text())["methods"]
+    for entry in methods.values():
+        assert all(block["seconds"] > 0 for block in entry["blocks"])
+    assert all("timing" not in block for block in methods["wanda"]["blocks"])  # Wanda reports no split
+    for block in methods["hyperprune"]["blocks"]:
+        assert {"setup_s", "backward_s", "refit_s"} <= set(block["timing"]) and block["timing"]["setup_s"] > 0

@@ -33,9 +33,9 @@ from hyperprune.workflows.pruning_run import (
 
 log = logging.getLogger(__name__)
 
-# What a compare row keeps of a single run's report (run_report): the summary, and per block
-# only its errors.
-_BLOCK_FIELDS = ("block", "rel_output_error", "rel_update_error", "rel_dense_error")
+# What a compare row keeps of a single run's report (run_report): the summary, and per block its
+# errors, its seconds and where the method says they went (its info's ``*_s`` entries).
+_BLOCK_FIELDS = ("block", "rel_output_error", "rel_update_error", "rel_dense_error", "seconds")
 
 
 def compare(
@@ -137,9 +137,15 @@ def _prune_entry(loaded, run_config: PruneConfig, calib: torch.Tensor, progress:
         return {"prune_seconds": 0.0, "peak_rss_bytes": current_rss_bytes(), "global_sparsity": 0.0, "nm_valid": False}
     report = run_report(run_method(loaded, run_config, calib, progress))
     entry = {key: value for key, value in report.items() if key not in ("layers", "blocks")}
-    entry["blocks"] = [{key: b[key] for key in _BLOCK_FIELDS} for b in report["blocks"]]
+    entry["blocks"] = [_block_entry(b) for b in report["blocks"]]
     entry["config"] = config_record(run_config, build_method(run_config))
     return entry
+
+
+def _block_entry(block: dict[str, Any]) -> dict[str, Any]:
+    entry = {key: block[key] for key in _BLOCK_FIELDS}
+    timing = {key: value for key, value in block.get("info", {}).items() if key.endswith("_s")}
+    return entry | ({"timing": timing} if timing else {})
 
 
 def _mark_informative(out: dict[str, Any]) -> None:
