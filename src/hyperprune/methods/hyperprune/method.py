@@ -222,7 +222,7 @@ class HyperPrune(PruningMethod):
             # The problem's H (dead inputs pinned) gives the same damped system as a fresh copy.
             refit = self.config.refit
             return exact_refit(weight, problem.hessian, keep, self.options.refit_damp, solver, refit.tol, refit.max_iter,
-                               start if solver == "cg" else None, refit.preconditioner)
+                               start, refit.preconditioner)  # only CG reads a first guess
         # OBS needs the raw H: it zeroes the weights of inputs never seen (diag H = 0).
         obs = sparsegpt_prune(weight, ctx.statistics[role].hessian(), ctx.target, self.config.hessian,
                               f"block {ctx.index} {role}", keep_mask=keep, overwrite_hessian=True).weight
