@@ -187,15 +187,14 @@ class SparseGPT(PruningMethod):
             hessian = ctx.statistics[roles[0]].hessian().float()
             where = f"block {ctx.index} {'+'.join(roles)}"
             factor = inverse_hessian_factor(hessian, self.config.hessian, where)  # pins dead inputs of H in place
+            if not grouped:  # SparseGPT's own update, or the Cholesky refit, one layer at a time
+                for role in roles:
+                    masks[role] = self._prune_one(ctx.linears[role], hessian, ctx.target, f"block {ctx.index} {role}", factor)
+                continue
             results = {role: self._sparsegpt(ctx.linears[role], hessian, ctx.target, f"block {ctx.index} {role}", factor)
                        for role in roles}
             del factor
-            if not grouped:
-                weights = {role: result.weight for role, result in results.items()}
-                if self.options.refit == "lstsq":  # by Cholesky, one layer at a time
-                    weights = {role: lstsq_refit(ctx.linears[role].weight.data, hessian, results[role].mask,
-                                                 self.options.lstsq_damp) for role in roles}
-            elif self.options.refit == "admm":  # one ADMM factor for the layers sharing the input
+            if self.options.refit == "admm":  # one ADMM factor for the layers sharing the input
                 admm = ADMMOptions()
                 admm_inverse = admm_factor(hessian, admm.damp, admm.rho)
                 weights = {role: admm_prune(ctx.linears[role].weight.data, admm_inverse, ctx.target, admm.iterations,
@@ -212,16 +211,18 @@ class SparseGPT(PruningMethod):
                 for role, result in zip(roles, solved):
                     ctx.info[role] = {"refit_iterations": result.iterations, "refit_residual": result.residual}
             for role in roles:
-                linear, mask = ctx.linears[role], results[role].mask
-                linear.weight.data.copy_(weights[role])
-                linear.weight.data.mul_(mask.to(linear.weight.dtype))
-                masks[role] = mask
+                ctx.linears[role].weight.data.copy_(weights[role])
+                masks[role] = results[role].mask
         return masks
 
     def prune_linear(self, linear, stats, target, where) -> torch.Tensor:
         """One layer alone (prune_block shares the factorization of H across the layers of one input)."""
-        hessian = stats.hessian().float()
-        result = self._sparsegpt(linear, hessian, target, where)  # pins its dead inputs in place
+        return self._prune_one(linear, stats.hessian().float(), target, where)
+
+    def _prune_one(self, linear, hessian, target, where, factor=None) -> torch.Tensor:
+        """SparseGPT on one layer, then the Cholesky refit if asked; the weights in place, the mask returned.
+        Both solves read ``hessian`` with its dead inputs pinned (by the factorization, in place)."""
+        result = self._sparsegpt(linear, hessian, target, where, factor)
         weight = result.weight
         if self.options.refit == "lstsq":
             weight = lstsq_refit(linear.weight.data, hessian, result.mask, self.options.lstsq_damp)
