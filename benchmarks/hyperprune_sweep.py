@@ -66,6 +66,15 @@ SWEEPS = {
         "hyperprune+refit:lambda_outlier=0,lr=0.005,refit_damp=0.3,refit_rounds=2",
     ],
     # The lstsq damping with 4x the calibration tokens: run with --nsamples 32 --seqlen 512.
+    # Issue 27, route A (blocks 4-5, 8 x 256 calibration, 8 held-out windows): the best classical
+    # masks with the exact refit against HyperPrune priced at updated weights.
+    "route-a": [
+        "sparsegpt+lstsq", "admm", "admm:admm_final_refit=lstsq", "hyperprune+refit",
+        "hyperprune+refit:prior=admm", "hyperprune+refit:prior=admm,values=prior-update",
+        "hyperprune+refit:prior=admm,values=prior-update,refit_rounds=2",
+        "hyperprune+refit:prior=admm,values=prior-update,selection_windows=2",
+        "hyperprune:prior=admm,values=prior-update",
+    ],
     "damp16k": ["sparsegpt", *[f"sparsegpt+lstsq:sparsegpt_lstsq_damp={v}" for v in (0.03, 0.1, 0.3)]],
 }
 
@@ -127,11 +136,12 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     for text in variants:
         method_name, options = parse_variant(text)
-        # Keys prefixed sparsegpt_ set SparseGPT's options (e.g. sparsegpt:sparsegpt_refit=lstsq).
+        # Keys prefixed sparsegpt_ (admm_) set SparseGPT's (ADMM's) options, e.g. sparsegpt:sparsegpt_refit=lstsq.
         sgpt = {k.removeprefix("sparsegpt_"): v for k, v in options.items() if k.startswith("sparsegpt_")}
-        hp = {k: v for k, v in options.items() if not k.startswith("sparsegpt_")}
+        admm = {k.removeprefix("admm_"): v for k, v in options.items() if k.startswith("admm_")}
+        hp = {k: v for k, v in options.items() if not k.startswith(("sparsegpt_", "admm_"))}
         config = PruneConfig.model_validate({**base.model_dump(), "method": method_name, "nsamples": args.nsamples,
-                                             "options": {"sparsegpt": sgpt, "hyperprune": hp}})
+                                             "options": {"sparsegpt": sgpt, "hyperprune": hp, "admm": admm}})
         settings = config.engine_settings()
         method = get_method(method_name)(config)
         inputs, held = calib.clone(), heldout.clone()

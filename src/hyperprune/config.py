@@ -259,7 +259,22 @@ class HyperPruneOptions(Options):
     tau_decay: float | None = Field(
         None, ge=0, description="η in τ(t) = max(τ_f, τ0·exp(−ηt)), t the step in the block; None: reach τ_f at 3/4 of the steps"
     )
-    prior: Literal["sparsegpt", "wanda", "none"] = Field("sparsegpt", description="mask prior on the logits")
+    prior: Literal["sparsegpt", "wanda", "admm", "none"] = Field(
+        "sparsegpt", description="mask prior on the logits: a one-shot mask (admm: Boža 2024's, at the admm "
+        "method's defaults)")
+    values: Literal["dense", "prior-update"] = Field(
+        "dense", description="the weights the mask multiplies while it is learned and in the output: dense, W itself "
+        "(the paper); prior-update, the prior's updated weights (admm: its W + U at every position; sparsegpt: its "
+        "OBS weights where it keeps, W elsewhere), so that patterns are priced at compensated weights (issue 27, "
+        "route A)")
+    selection_windows: int = Field(
+        0, ge=0, description="with refit: calibration windows held out of everything the masks are learned from; the "
+        "row-by-row choice between the prior's and the learned mask is made on them, and the chosen mask is then "
+        "refit on all windows (0: choose on the calibration windows, as before)")
+    hypernet: str | None = Field(None, description="start from this saved hypernetwork (--save-hypernet); with 0 steps "
+                                 "it is applied as it is")
+    save_hypernet: str | None = Field(None, description="write the trained hypernetwork, its embeddings and options "
+                                      "here (safetensors) when the run ends")
     prior_gamma: float = Field(0.3, ge=0, description="γ0, the prior's weight on the logits (paper: 1e-5)")
     prior_decay: float = Field(2.0, ge=0, description="α in γ = γ0·exp(−α·t/T) over the block's steps")
     prior_beta: float = Field(10.0, gt=0, description="β, sharpness of the prior's softmax over patterns")
@@ -285,6 +300,12 @@ class HyperPruneOptions(Options):
         "weights and train round_steps more steps (with refit)"
     )
     round_steps: int = Field(25, ge=1, description="training steps in each refit-aware round")
+
+    @model_validator(mode="after")
+    def _check_route_a(self) -> "HyperPruneOptions":
+        if self.values == "prior-update" and self.prior not in ("sparsegpt", "admm"):
+            raise ValueError("values 'prior-update' needs an updating prior: give prior sparsegpt or admm")
+        return self
 
     @field_validator("features", mode="before")
     @classmethod

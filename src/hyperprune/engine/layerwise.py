@@ -489,6 +489,7 @@ def run_layerwise(
             masks.update(named_masks)
         store.release(index, block)
         bar.set_postfix(err=f"{outcome.rel_error:.4f}")
+    method.finish()
     return LayerwiseResult(masks, layer_records, block_records, inputs, skipped, start_block)
 
 

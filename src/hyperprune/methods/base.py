@@ -113,6 +113,10 @@ class PruningMethod(ABC):
     ) -> torch.Tensor:
         raise NotImplementedError
 
+    def finish(self) -> None:
+        """Called once after the last block (also after a --resume): write what the method
+        keeps beyond the pruned model (HyperPrune's --save-hypernet). Nothing by default."""
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         """State carried from block to block (checkpointed for --resume). None by default."""
         return {}

@@ -78,6 +78,7 @@ def gradual_keep_mask(scores: torch.Tensor, target: SparsityTarget, sparsity: fl
 class ADMMResult:
     weight: torch.Tensor  # (W + U) ⊙ M in the original scale, zero where pruned
     mask: torch.Tensor  # keep-mask
+    values: torch.Tensor  # W + U in the original scale, float32, not masked: ADMM's weights for every position
 
 
 def admm_prune(weight: torch.Tensor, factor: ADMMFactor, target: SparsityTarget, iterations: int = 20,
@@ -105,5 +106,6 @@ def admm_prune(weight: torch.Tensor, factor: ADMMFactor, target: SparsityTarget,
         W = (rhs + rho * (Z - U)) @ factor.inverse
     if keep is None and iterations and iterations < steps:  # stopped before the schedule ended: finish it
         mask = gradual_keep_mask(W + U, target, final)
-    out = (W + U) * mask / factor.scale.unsqueeze(0)
-    return ADMMResult(out.to(weight.dtype) if weight.dtype != torch.float32 else out, mask)
+    values = (W + U) / factor.scale.unsqueeze(0)
+    out = values * mask
+    return ADMMResult(out.to(weight.dtype) if weight.dtype != torch.float32 else out, mask, values)

@@ -39,6 +39,17 @@ class InputStatistics:
         if self.kind >= StatisticsKind.HESSIAN:
             self.xxt = _add(self.xxt, x.T @ x)
 
+    def without(self, part: "InputStatistics") -> "InputStatistics":
+        """The statistics of the tokens not in ``part``, a subset of this one's tokens (its sums
+        subtracted): what was accumulated over all windows, less some held-out ones."""
+        if part.n_tokens >= self.n_tokens:
+            raise ValueError(f"cannot hold out {part.n_tokens} of {self.n_tokens} tokens: nothing would be left")
+        less = [None if mine is None else mine - theirs for mine, theirs in
+                ((self.sum, part.sum), (self.sq_sum, part.sq_sum), (self.xxt, part.xxt))]
+        # Float rounding can leave a channel's sum of squares a hair below zero.
+        sq_sum = None if less[1] is None else less[1].clamp_min(0.0)
+        return InputStatistics(self.in_features, self.kind, self.n_tokens - part.n_tokens, less[0], sq_sum, less[2])
+
     def permute_inputs(self, perm: torch.Tensor) -> None:
         """Reorder the input channels, as when the layer's columns were permuted by ``perm``."""
         if self.sum is not None:

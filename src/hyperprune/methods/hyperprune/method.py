@@ -12,13 +12,16 @@ import torch
 from torch.func import functional_call
 from torch.utils.checkpoint import checkpoint
 
-from hyperprune.config import HyperPruneOptions, PruneConfig
-from hyperprune.numerics.statistics import StatisticsKind
+from hyperprune.config import ADMMOptions, HyperPruneOptions, PruneConfig
+from hyperprune.errors import HyperpruneError
+from hyperprune.numerics.statistics import InputStatistics, StatisticsKind
 from hyperprune.masks import nm_patterns
-from hyperprune.methods.base import BlockContext, PruningMethod, register_method, register_preset
+from hyperprune.methods.base import BlockContext, PruningMethod, register_method, register_preset, roles_by_input
 from hyperprune.methods.hyperprune import objectives as obj
+from hyperprune.methods.hyperprune.end_to_end import NetworkLayer
 from hyperprune.methods.hyperprune.network import HyperNetwork
 from hyperprune.methods.hyperprune.problem import LayerProblem, build_problem, input_terms, pattern_index
+from hyperprune.methods.hyperprune.storage import load_hypernet, read_hypernet_header, save_hypernet
 from hyperprune.numerics.refit import RefitResult, exact_refit, quadratic_output_error
 from hyperprune.methods.sparsegpt import sparsegpt_prune
 
@@ -34,7 +37,7 @@ _UNPREFIXED = ("steps", "objective", "block_fraction", "relaxation", "refresh_ev
                "depth", "features", "embed_dim", "embed_init", "lr", "embed_lr", "weight_decay", "tau0", "tau_final",
                "tau_decay", "prior", "prior_gamma", "prior_decay", "prior_beta", "lambda_outlier", "lambda_continual",
                "continual_groups", "row_fraction", "batch_size", "refit", "refit_damp", "refit_rounds",
-               "round_steps")
+               "round_steps", "hypernet", "save_hypernet")
 # --refit-method is now the shared refit flag (every exact refit); it still sets hyperprune's.
 _LEGACY_FLAGS = {field: ("--" + field.replace("_", "-"),) for field in _UNPREFIXED} | {
     "layer_embedding": ("--no-layer-emb",), "component_embedding": ("--no-comp-emb",),
@@ -52,6 +55,9 @@ class HyperPrune(PruningMethod):
     uses_hessian = True
     uses_refit = True
     checkpoint_groups = _CHECKPOINT_GROUPS  # class attribute, so a test can force the checkpointed path
+    # Keep every layer's features and values for the end-to-end phase (route B); off in a normal run,
+    # where they would cost 36 floats per group of 4 weights.
+    collect_network_layers = False
 
     def __init__(self, config: PruneConfig, preset=None) -> None:
         super().__init__(config, preset)
@@ -62,6 +68,16 @@ class HyperPrune(PruningMethod):
         self.cache_layers = torch.zeros(0, dtype=torch.long)
         self.cache_components = torch.zeros(0, dtype=torch.long)
         self.cache_targets = torch.zeros(0)
+        self.network_layers: list[NetworkLayer] = []
+        if self.options.hypernet:  # the architecture is the saved network's, whatever the flags say
+            architecture, _, _ = read_hypernet_header(self.options.hypernet)
+            architecture["features"] = tuple(architecture["features"])
+            self.options = self.options.model_copy(update=architecture)
+        if self.options.selection_windows and not self.options.refit:
+            raise HyperpruneError("selection windows choose between refit masks: use them with hyperprune+refit")
+        if self.options.selection_windows and self._refit_solver() == "obs":
+            raise HyperpruneError("selection windows need an exact refit to compare masks: give --refit-method cg "
+                                  "or lstsq, not obs")
 
     @property
     def updates_weights(self) -> bool:
@@ -73,6 +89,20 @@ class HyperPrune(PruningMethod):
         self.shape = (in_features, num_patterns, num_layers, num_components)
         self.network = HyperNetwork(in_features, num_patterns, num_layers, self.options, generator, num_components)
         return self.network
+
+    def _start_network(self, in_features: int, num_patterns: int, num_layers: int, num_components: int) -> HyperNetwork:
+        """A new network, or the one saved in ``options.hypernet`` (mapped to this model's depth)."""
+        if not self.options.hypernet:
+            return self._build_network(in_features, num_patterns, num_layers, num_components)
+        self.shape = (in_features, num_patterns, num_layers, num_components)
+        self.network = load_hypernet(self.options.hypernet, self.options, str(self.config.target.pattern), in_features,
+                                     num_patterns, num_layers, num_components)
+        return self.network
+
+    def finish(self) -> None:
+        if self.options.save_hypernet and self.network is not None:
+            save_hypernet(self.options.save_hypernet, self.network.cpu(), self.shape, self.options,
+                          str(self.config.target.pattern))
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         if self.network is None:
@@ -106,26 +136,29 @@ class HyperPrune(PruningMethod):
         prior_table = obj.prior_log_probs(patterns, patterns, opts.prior_beta)
         problems, shared_inputs, prior_errors = {}, {}, {}
         setup_start = _now(device)
+        statistics, held_out = self._split_statistics(ctx)
+        admm_options = ADMMOptions() if opts.prior == "admm" else None
         for role, linear in ctx.linears.items():
-            stats = ctx.statistics[role]
+            stats = statistics[role]
             if id(stats) not in shared_inputs:
-                shared_inputs[id(stats)] = input_terms(stats, self.config.hessian, pattern.m, f"block {ctx.index} {role}")
+                shared_inputs[id(stats)] = input_terms(stats, self.config.hessian, pattern.m, f"block {ctx.index} {role}",
+                                                       admm_options)
             # One component embedding per role of the block (the paper's 7 for LLaMA-style blocks).
             problem = build_problem(role, linear.weight, stats, shared_inputs[id(stats)], ctx.target, opts.prior,
                                     patterns, self.config.hessian, component=list(ctx.linears).index(role),
-                                    keep_prior_weight=opts.refit and self._refit_solver() == "cg")
+                                    keep_prior_weight=opts.refit and self._refit_solver() == "cg", values=opts.values)
             self._refresh(problem, problem.current_keep)
             if problem.prior_keep is not None:  # the prior's frozen error, free from the first refresh
                 prior_errors[role] = problem.refreshed_relative_error()
             problems[role] = problem
         in_features = obj.feature_width(opts.features, pattern.n, pattern.m)
         if self.network is None:
-            self._build_network(in_features, patterns.shape[0], ctx.num_blocks, len(ctx.linears))
+            self._start_network(in_features, patterns.shape[0], ctx.num_blocks, len(ctx.linears))
         network = self.network.to(device)
         generator = torch.Generator(device=device).manual_seed(self.config.seed * 1_000_003 + ctx.index)
 
         for terms in shared_inputs.values():
-            terms.factor = None  # only the prior needed it: free the d×d factor before training
+            terms.factor = terms.admm = None  # only the prior needed them: free the d×d factors before training
         setup_s = _now(device) - setup_start  # H⁻¹, the prior (a SparseGPT pass), features
         timing = self._train(ctx, network, problems, patterns, prior_table, generator, opts.steps)
         gamma_final = obj.prior_weight(opts.steps, opts.steps, opts.prior_gamma, opts.prior_decay)
@@ -135,7 +168,7 @@ class HyperPrune(PruningMethod):
         refit_start = _now(device)
         if opts.refit:
             keeps, refits, round_timing = self._refit_aware(ctx, network, problems, patterns, prior_table, generator,
-                                                            keeps, info)
+                                                            keeps, info, held_out)
             timing |= round_timing
         timing |= {"setup_s": setup_s, "refit_s": _now(device) - refit_start}
         masks = {}
@@ -144,42 +177,93 @@ class HyperPrune(PruningMethod):
                 keep, linear = keeps[role], ctx.linears[role]
                 if opts.refit:
                     linear.weight.data.copy_(refits[role].to(linear.weight.dtype))
+                elif problem.base is not None:  # the mask on the prior's updated weights, as it was trained
+                    linear.weight.data.copy_((problem.values * keep).to(linear.weight.dtype))
                 else:
                     linear.weight.data.mul_(keep.to(linear.weight.dtype))
                 masks[role] = keep
                 ctx.info[role] = info[role]
             self._extend_continual_cache(network, ctx.index, problems, generator)
+            if self.collect_network_layers:
+                self.network_layers.extend(
+                    NetworkLayer(ctx.names[role], ctx.index, problem.component,
+                                 problem.features(None, opts.features).to(torch.bfloat16).cpu(), problem.values.cpu())
+                    for role, problem in problems.items())
         ctx.block_info.update(timing)
         return masks
 
-    def _refit_aware(self, ctx, network, problems, patterns, prior_table, generator, keeps, info):
+    def _split_statistics(self, ctx: BlockContext) -> tuple[dict[str, InputStatistics], dict[str, InputStatistics] | None]:
+        """(statistics the masks are learned from, held-out statistics or None). With
+        ``selection_windows`` = k, the block's last k calibration windows are run through the
+        dense block once more to gather their statistics, and the learning statistics are all
+        windows' less those (the sums subtract): the k windows are then seen only by the choice."""
+        held_windows = self.options.selection_windows if self.options.refit else 0
+        if not held_windows:
+            return ctx.statistics, None
+        nsamples = ctx.inputs.shape[0]
+        if held_windows >= nsamples:
+            raise HyperpruneError(f"--hyperprune-selection-windows {held_windows} leaves none of the {nsamples} "
+                                  "calibration windows to learn from: give fewer, or more --nsamples")
+        held, hooks = {}, []
+        for roles in roles_by_input(ctx):
+            linear = ctx.linears[roles[0]]
+            stats = InputStatistics(linear.in_features, StatisticsKind.HESSIAN)
+            held.update({role: stats for role in roles})
+            hooks.append(linear.register_forward_hook(lambda _m, args, _o, stats=stats: stats.add(args[0])))
+        try:
+            with torch.no_grad():
+                for window in range(nsamples - held_windows, nsamples):
+                    ctx.forward(ctx.inputs[window : window + 1].to(ctx.device))
+        finally:
+            for hook in hooks:
+                hook.remove()
+        learning, by_input = {}, {}
+        for role, stats in ctx.statistics.items():
+            if id(stats) not in by_input:
+                by_input[id(stats)] = stats.without(held[role])
+            learning[role] = by_input[id(stats)]
+        return learning, held
+
+    def _refit_aware(self, ctx, network, problems, patterns, prior_table, generator, keeps, info, held_out=None):
         """Refit the learned masks; then, for ``refit_rounds`` rounds, re-price every pattern at the
         refit weights, train again and refit the new masks. Rows are independent given H, so each
-        row keeps whichever candidate (prior, learned, each round) has the lowest calibration error
-        after its refit: the result is never worse, row by row, than the prior mask refit.
+        row keeps whichever candidate (prior, learned, each round) has the lowest error after its
+        refit: on the calibration windows, or with ``held_out`` statistics on those windows, which
+        the candidates never saw; the chosen masks are then refit on all windows. Without held-out
+        windows the result is never worse, row by row, than the prior mask refit.
         Returns the masks, the refit weights and the rounds' timing."""
         opts = self.options
         round_timing: dict[str, float] = {}
         best = {}
         problem_uses_cg = self._refit_solver() == "cg"  # only CG takes a first guess
+        held = _HeldOut(held_out, problems) if held_out is not None else None
+        first_prior = {role: problem.prior_keep for role, problem in problems.items()}  # rounds rebase the prior
+
+        def candidate(role, keep, start):
+            keep, weight, error = self._refit_candidate(ctx, role, problems[role], keep, info[role], start)
+            return (keep, weight, error if held is None else held.row_errors(role, weight))
+
         with torch.no_grad():
             for role, problem in problems.items():
                 refits = {}
                 if problem.prior_keep is not None:  # first, so that its refit can start the learned mask's
-                    refits["prior"] = self._refit_candidate(ctx, role, problem, problem.prior_keep, info[role],
-                                                            problem.prior_weight)
+                    refits["prior"] = candidate(role, problem.prior_keep, problem.prior_weight)
                 problem.prior_weight = None
                 guess = _first_guess(refits.get("prior"), problem.weight, keeps[role]) if problem_uses_cg else None
-                refits["learned"] = self._refit_candidate(ctx, role, problem, keeps[role], info[role], guess)
+                refits["learned"] = candidate(role, keeps[role], guess)
                 for name in ("learned", "prior"):  # folded learned first: ties keep the learned mask, as always
                     if name in refits:
-                        info[role][f"{name}_refit_error"] = _relative(refits[name][2], problem)
+                        if held is None:
+                            info[role][f"{name}_refit_error"] = _relative(refits[name][2], problem)
+                        else:
+                            info[role][f"{name}_holdout_error"] = held.relative(role, refits[name][2])
                         best[role] = _better_rows(best.get(role), refits[name])
         for round_index in range(opts.refit_rounds):
             with torch.no_grad():
                 for role, problem in problems.items():
                     keep, refit, _ = best[role]
-                    problem.rebase(refit, keep)
+                    # Pruned weights keep the prior's compensated values when the problem has them.
+                    problem.rebase(refit, keep, problem.values if problem.base is not None else None)
                     problem.prior_index = pattern_index(keep, patterns)
                     self._refresh(problem, keep)
             timing = self._train(ctx, network, problems, patterns, prior_table, generator, opts.round_steps)
@@ -189,11 +273,26 @@ class HyperPrune(PruningMethod):
                 for role, keep in self._hard_masks(network, ctx.index, problems, prior_table, gamma).items():
                     before = best[role][0]
                     guess = _first_guess(best[role], problems[role].weight, keep) if problem_uses_cg else None
-                    best[role] = _better_rows(best[role], self._refit_candidate(ctx, role, problems[role], keep, info[role], guess))
+                    best[role] = _better_rows(best[role], candidate(role, keep, guess))
                     info[role][f"changed_round_{round_index + 1}"] = float(
                         (best[role][0] != before).view(-1, problems[role].m).any(1).float().mean())
-        for role, problem in problems.items():
-            info[role]["refit_error"] = _relative(best[role][2], problem)
+        if held is not None:
+            with torch.no_grad():
+                for role, problem in problems.items():
+                    keep, weight, errors = best[role]
+                    info[role]["holdout_error"] = held.relative(role, errors)
+                    info[role]["changed_vs_prior_refit"] = float((keep != first_prior[role]).view(-1, problem.m).any(1).float().mean())
+                    # The chosen masks, refit on every calibration window.
+                    full = ctx.statistics[role].hessian()
+                    result = exact_refit(ctx.linears[role].weight.data, full, keep, opts.refit_damp, self._refit_solver(),
+                                         self.config.refit.tol, self.config.refit.max_iter,
+                                         weight if problem_uses_cg else None, self.config.refit.preconditioner)
+                    energy = ((problem.weight @ full) * problem.weight).sum().clamp_min(1e-12)
+                    best[role] = (keep, result.weight.float(), result.error)
+                    info[role]["refit_error"] = float(result.error.sum() / energy)
+        else:
+            for role, problem in problems.items():
+                info[role]["refit_error"] = _relative(best[role][2], problem)
         return {role: b[0] for role, b in best.items()}, {role: b[1] for role, b in best.items()}, round_timing
 
     def _refit_candidate(self, ctx, role, problem: LayerProblem, keep: torch.Tensor, info: dict,
@@ -230,6 +329,9 @@ class HyperPrune(PruningMethod):
 
     def _mask_info(self, problem: LayerProblem, keep: torch.Tensor, prior_error: float | None = None) -> dict[str, float]:
         info = {"mask_error": problem.relative_error(keep)}
+        if problem.base is not None:  # the error of the output without a refit: keep ⊙ V
+            info["update_error"] = float(obj.quadratic_error(problem.error(keep.float()), problem.hessian)
+                                         / problem.dense_energy.sum().clamp_min(1e-12))
         if problem.prior_keep is not None:
             info["prior_error"] = problem.relative_error(problem.prior_keep) if prior_error is None else prior_error
             info["changed_vs_prior"] = float((keep != problem.prior_keep).view(-1, problem.m).any(1).float().mean())
@@ -440,6 +542,26 @@ class _StepInputs:
     generator: torch.Generator
     weight_names: dict[str, str]  # role -> the weight's name inside the block (for functional_call)
     clock: dict[str, float]  # seconds spent, by phase
+
+
+class _HeldOut:
+    """Per-row errors of refit candidates on held-out windows, which no candidate was fit on."""
+
+    def __init__(self, statistics: dict[str, InputStatistics], problems: dict[str, LayerProblem]) -> None:
+        hessians: dict[int, torch.Tensor] = {}
+        self.hessian = {}
+        for role, stats in statistics.items():
+            if id(stats) not in hessians:
+                hessians[id(stats)] = stats.hessian().float()
+            self.hessian[role] = hessians[id(stats)]
+        self.weight = {role: problem.weight for role, problem in problems.items()}
+        self.energy = {role: float(((w @ self.hessian[role]) * w).sum().clamp_min(1e-12)) for role, w in self.weight.items()}
+
+    def row_errors(self, role: str, refit: torch.Tensor) -> torch.Tensor:
+        return quadratic_output_error(self.weight[role], refit, self.hessian[role])
+
+    def relative(self, role: str, row_errors: torch.Tensor) -> float:
+        return float(row_errors.sum()) / self.energy[role]
 
 
 def _first_guess(refit_candidate, weight: torch.Tensor, keep: torch.Tensor) -> torch.Tensor | None:

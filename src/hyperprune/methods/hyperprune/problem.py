@@ -12,13 +12,14 @@ from dataclasses import dataclass
 
 import torch
 
-from hyperprune.config import HessianOptions, SparsityTarget
+from hyperprune.config import ADMMOptions, HessianOptions, SparsityTarget
 from hyperprune.numerics.statistics import InputStatistics
 from hyperprune.masks import nm_mask_from_scores
 from hyperprune.methods.hyperprune import objectives as obj
 from hyperprune.methods.scoring import wanda_scores
 from hyperprune.methods.sparsegpt import InverseHessianFactor, inverse_hessian_factor, sparsegpt_prune
 from hyperprune.models.architectures import COMPONENTS
+from hyperprune.numerics.admm_solver import ADMMFactor, admm_factor, admm_prune
 
 _FEATURE_ROWS_BYTES = 1 << 28  # rows of pattern-delta temporaries computed at a time
 # Layers with more weights than this (7B-sized) keep the mask-dependent features in bfloat16 and
@@ -39,13 +40,18 @@ class InputTerms:
     mean: torch.Tensor
     variance: torch.Tensor
     factor: InverseHessianFactor | None  # SparseGPT's, for the prior; dropped once the problems are built
+    admm: ADMMFactor | None = None  # ADMM's, for an admm prior; dropped with ``factor``
 
 
-def input_terms(stats: InputStatistics, hessian_options: HessianOptions, m: int, where: str) -> InputTerms:
+def input_terms(stats: InputStatistics, hessian_options: HessianOptions, m: int, where: str,
+                admm_options: ADMMOptions | None = None) -> InputTerms:
+    """``admm_options``: also factor H as ADMM does (an admm prior)."""
     H = stats.hessian().float()  # a new tensor already: pinning dead inputs leaves the statistics alone
+    # Before the pin, on the H the admm method itself reads, so that the prior is that method's mask.
+    admm = None if admm_options is None else admm_factor(H, admm_options.damp, admm_options.rho)
     factor = inverse_hessian_factor(H, hessian_options, where)  # pins dead inputs in H, which would make it singular
     return InputTerms(H, torch.diag(H), torch.diag(factor.upper), obj.diagonal_blocks(H, m),
-                      stats.column_norms.float(), stats.mean.float(), stats.variance.float(), factor)
+                      stats.column_norms.float(), stats.mean.float(), stats.variance.float(), factor, admm)
 
 
 @dataclass
@@ -128,10 +134,12 @@ class LayerProblem:
         if size <= cache_bytes:
             self.cached_features = self.features(None, names).view(self.weight.shape[0], self.groups_per_row, -1)
 
-    def rebase(self, refit: torch.Tensor, keep: torch.Tensor) -> None:
-        """Price the next round at the refit weights: V = refit on the kept set, W elsewhere;
-        the current mask becomes the prior."""
-        self.values = torch.where(keep, refit.float(), self.weight)
+    def rebase(self, refit: torch.Tensor, keep: torch.Tensor, elsewhere: torch.Tensor | None = None) -> None:
+        """Price the next round at the refit weights: V = refit on the kept set, ``elsewhere`` (W
+        by default) on the pruned set; the current mask becomes the prior. With V = refit(M) on
+        M's kept set, the loss at M is exactly the refit's error, and at any other mask M′ it is
+        the error of M′ ⊙ V, an upper bound on refit(M′)'s (a majorize-minimize step)."""
+        self.values = torch.where(keep, refit.float(), self.weight if elsewhere is None else elsewhere)
         self.base = self.weight - self.values
         self.costs = None
         self.prior_keep = keep
@@ -182,27 +190,40 @@ def pattern_index(keep: torch.Tensor, patterns: torch.Tensor) -> torch.Tensor:
 
 def build_problem(role: str, weight: torch.Tensor, stats: InputStatistics, terms: InputTerms,
                   target: SparsityTarget, prior: str, patterns: torch.Tensor, hessian_options: HessianOptions,
-                  component: int | None = None, keep_prior_weight: bool = False) -> LayerProblem:
+                  component: int | None = None, keep_prior_weight: bool = False,
+                  values: str = "dense") -> LayerProblem:
     """Everything per layer that stays fixed while the hypernetwork trains (until a refresh).
-    ``keep_prior_weight``: keep SparseGPT's updated weights (a refit's first guess), not only its mask."""
+    ``keep_prior_weight``: keep the prior's updated weights (a refit's first guess), not only its mask.
+    ``values``: "dense", the mask multiplies W (the paper); "prior-update", it multiplies the
+    prior's updated weights (ADMM's W + U everywhere; SparseGPT's OBS weights where it keeps)."""
     pattern = target.pattern
     W = weight.detach().float()
     H = terms.hessian
     wanda_keep = nm_mask_from_scores(wanda_scores(W, terms.column_norms), pattern.n, pattern.m)
     prior_keep = prior_weight = None
+    V = W
     if prior == "wanda":
         prior_keep = wanda_keep
     elif prior == "sparsegpt":
         obs = sparsegpt_prune(W, None, target, hessian_options, role, factor=terms.factor)
         prior_keep = obs.mask
         prior_weight = obs.weight if keep_prior_weight else None
+        if values == "prior-update":
+            V = torch.where(prior_keep, obs.weight.float(), W)  # OBS zeroes what it prunes: W there
+    elif prior == "admm":
+        admm = ADMMOptions()  # the admm method's defaults: the prior is that method's mask
+        result = admm_prune(W, terms.admm, target, admm.iterations, admm.gradual_iterations, admm.rho, admm.schedule)
+        prior_keep = result.mask
+        prior_weight = result.weight if keep_prior_weight else None
+        if values == "prior-update":
+            V = result.values
     second_moment = terms.mean.pow(2) + terms.variance  # E[x_j²]
     return LayerProblem(
         role=role,
         component=COMPONENTS.index(role) if component is None else component,
         weight=W,
-        values=W,
-        base=None,
+        values=V,
+        base=None if V is W else W - V,
         terms=terms,
         dense_energy=((W @ H) * W).sum(dim=1),
         outlier_dense=(W.pow(2) * second_moment).sum(dim=1),
