@@ -168,3 +168,17 @@ def test_a_missing_or_mismatched_network_file_is_one_clear_error(tmp_path):
     run(layers=1, save_hypernet=str(path))
     with pytest.raises(HyperpruneError, match="trained for 2:4"):
         run(layers=1, pattern="4:8", hypernet=str(path))
+
+
+def test_a_saved_network_alone_with_the_refit(tmp_path):
+    # What route B's "+refit" rows run: the saved network's masks, no prior, no training, then the refit.
+    path = tmp_path / "net.safetensors"
+    run(layers=2, save_hypernet=str(path))
+    _, frozen, _ = run("hyperprune", layers=2, steps=0, prior="none", hypernet=str(path))
+    model, refit, _ = run("hyperprune+refit", layers=2, steps=0, prior="none", hypernet=str(path))
+    params = dict(model.named_parameters())
+    first = [name for name in refit.masks if ".layers.0." in name]  # later blocks see other inputs
+    assert first and all(torch.equal(refit.masks[name], frozen.masks[name]) for name in first)
+    for name, keep in refit.masks.items():
+        assert torch.all(params[name][~keep] == 0)
+    assert sum(r.rel_error for r in refit.layers[:7]) < sum(r.rel_error for r in frozen.layers[:7])
