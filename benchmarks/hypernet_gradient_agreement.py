@@ -33,21 +33,40 @@ from hyperprune.report import environment, library_versions
 from hyperprune.utils import resolve_device
 
 
-def per_group_logit_gradient(network, layers, weight_grads, patterns, tau) -> torch.Tensor:
-    """The same straight-through gradient for a table of per-group logits at the network's values."""
-    m = patterns.shape[1]
-    parts = []
-    for layer in layers:
-        mask_grad = (weight_grads[layer.name].float() * layer.values).reshape(-1, m)
-        with torch.no_grad():
-            bias = network.context_bias(torch.tensor(layer.block), torch.tensor(layer.component))
-            logits = torch.cat([network(layer.features[s : s + 65536].float(), bias)
-                                for s in range(0, layer.features.shape[0], 65536)])
-        logits.requires_grad_(True)
-        soft = torch.softmax(logits / tau, dim=1) @ patterns
-        (grad,) = torch.autograd.grad((soft * mask_grad).sum(), logits)
-        parts.append(grad.reshape(-1))
-    return torch.cat(parts)
+def per_group_logit_gradient(network, layer, weight_grads, patterns, tau) -> torch.Tensor:
+    """The same straight-through gradient for one layer's table of per-group logits, at the
+    network's values."""
+    mask_grad = (weight_grads[layer.name].float() * layer.values).reshape(-1, patterns.shape[1])
+    with torch.no_grad():
+        bias = network.context_bias(torch.tensor(layer.block), torch.tensor(layer.component))
+        logits = torch.cat([network(layer.features[s : s + 65536].float(), bias)
+                            for s in range(0, layer.features.shape[0], 65536)])
+    logits.requires_grad_(True)
+    soft = torch.softmax(logits / tau, dim=1) @ patterns
+    (grad,) = torch.autograd.grad((soft * mask_grad).sum(), logits)
+    return grad.reshape(-1)
+
+
+class StreamingAgreement:
+    """:func:`agreement` of two long vectors given piece by piece (the per-group gradients of a
+    whole model would not fit twice in memory in float64)."""
+
+    def __init__(self) -> None:
+        self.dot = self.norm_a = self.norm_b = 0.0
+        self.same = self.both = 0
+
+    def add(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        a, b = a.double(), b.double()
+        self.dot += float(a @ b)
+        self.norm_a += float(a @ a)
+        self.norm_b += float(b @ b)
+        both = (a != 0) & (b != 0)
+        self.both += int(both.sum())
+        self.same += int(((a > 0) == (b > 0))[both].sum())
+
+    def result(self) -> dict[str, float]:
+        cosine = self.dot / max(1e-300, (self.norm_a * self.norm_b) ** 0.5)
+        return {"cosine": cosine, "sign_agreement": self.same / self.both if self.both else float("nan")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,11 +105,15 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for k in sizes:
         row = {"windows_per_set": k, "tokens_per_set": k * args.grad_seqlen}
-        for label, flat_gradient in (("network", _network_flat), ("per_group_logits", per_group_logit_gradient)):
-            a, b = (flat_gradient(network, layers, sums[k, half], patterns, args.tau) for half in (0, 1))
-            row[label] = agreement(a, b)
+        row["network"] = agreement(*(_network_flat(network, layers, sums[k, half], patterns, args.tau) for half in (0, 1)))
+        logits = StreamingAgreement()
+        for layer in layers:
+            logits.add(*(per_group_logit_gradient(network, layer, sums[k, half], patterns, args.tau) for half in (0, 1)))
+        row["per_group_logits"] = logits.result()
+        for label in ("network", "per_group_logits"):
             cos = row[label]["cosine"]
             row[label]["windows_for_cosine_0.5"] = k * (1 - cos) / cos if cos > 0 else None
+        del sums[k, 0], sums[k, 1]  # 0.4 GB each
         rows.append(row)
     out = {"config": config.model_dump(mode="json"), "seqlen": seqlen, "grad_seqlen": args.grad_seqlen, "tau": args.tau,
            "network_parameters": sum(p.numel() for p in network.parameters()),

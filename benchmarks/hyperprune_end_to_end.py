@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--e2e-eval-every", type=int, default=5)
     parser.add_argument("--e2e-patience", type=int, default=2)
     parser.add_argument("--group-fraction", type=float, default=0.25, help="share of groups in the network's backward")
+    parser.add_argument("--baselines", default="sparsegpt,sparsegpt+lstsq", help="the classical rows, comma-separated")
     args = parser.parse_args(argv)
     config = base_config(args, "hyperprune")
     loaded, seqlen = load_for(config)
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             **config.options.get("hyperprune", {}), **options}}}), calib, progress=not args.quiet)
         return run.seconds
 
-    for method in ("sparsegpt", "sparsegpt+lstsq"):
+    for method in filter(None, args.baselines.split(",")):
         score(method, prune(method))
 
     HyperPrune.collect_network_layers = True
