@@ -27,7 +27,7 @@ from hyperprune.api import calibration_ids, load_for, write_json
 from hyperprune.cli.options import print_table
 from hyperprune.engine import run_layerwise
 from hyperprune.masks import nm_patterns
-from hyperprune.methods.hyperprune.end_to_end import accumulate_network_gradient, hard_keeps, kl_and_weight_gradients
+from hyperprune.methods.hyperprune.network_finetune import accumulate_network_gradient, hard_keeps, kl_and_weight_gradients
 from hyperprune.methods.hyperprune.method import HyperPrune
 from hyperprune.report import environment, library_versions
 from hyperprune.utils import resolve_device

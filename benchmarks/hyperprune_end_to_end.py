@@ -30,7 +30,7 @@ from variants import base_config, variant_parser
 from hyperprune.api import calibration_ids, eval_ids, evaluate_perplexity, load_for, run_method, write_json
 from hyperprune.cli.options import print_table
 from hyperprune.masks import nm_patterns
-from hyperprune.methods.hyperprune.end_to_end import hard_keeps, train_network_end_to_end
+from hyperprune.methods.hyperprune.network_finetune import hard_keeps, train_network_end_to_end
 from hyperprune.methods.hyperprune.method import HyperPrune
 from hyperprune.methods.hyperprune.storage import save_hypernet
 from hyperprune.report import environment, library_versions

@@ -214,7 +214,7 @@ def _distill_args(pruned, out, teacher, *extra):
 def test_distill_keeps_the_masks_and_lowers_the_kl(tmp_path, tiny_model_dir, calib_file):
     import json
 
-    from hyperprune.engine.masked_distillation import logit_kl
+    from hyperprune.numerics.masked_training import logit_kl
     from hyperprune.workflows.verify import verify_checkpoint
     from hyperprune.export.mask_files import load_masks
     from hyperprune.models import load_model

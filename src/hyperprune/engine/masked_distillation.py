@@ -17,17 +17,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from hyperprune.config import DistillOptions
-from hyperprune.numerics.masked_training import EarlyStopping, MaskedWeights, activation_checkpointing
+from hyperprune.numerics.masked_training import EarlyStopping, MaskedWeights, activation_checkpointing, logit_kl
 from hyperprune.numerics.masked_training import window_order
 from hyperprune.errors import HyperpruneError
-
-
-def logit_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
-    """KL(teacher ‖ student) of the next-token distributions, averaged over tokens (nats)."""
-    vocab = student_logits.shape[-1]
-    student = F.log_softmax(student_logits.float().reshape(-1, vocab), dim=-1)
-    teacher = F.log_softmax(teacher_logits.float().reshape(-1, vocab), dim=-1)
-    return F.kl_div(student, teacher, log_target=True, reduction="batchmean")
 
 
 def hidden_mse(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,7 @@ from hyperprune.numerics.statistics import InputStatistics, StatisticsKind
 from hyperprune.masks import nm_patterns
 from hyperprune.methods.base import BlockContext, PruningMethod, register_method, register_preset, roles_by_input
 from hyperprune.methods.hyperprune import objectives as obj
-from hyperprune.methods.hyperprune.end_to_end import NetworkLayer
+from hyperprune.methods.hyperprune.network_finetune import NetworkLayer
 from hyperprune.methods.hyperprune.network import HyperNetwork
 from hyperprune.methods.hyperprune.problem import LayerProblem, build_problem, input_terms, pattern_index
 from hyperprune.methods.hyperprune.storage import load_hypernet, read_hypernet_header, save_hypernet

@@ -5,9 +5,9 @@ import copy
 import pytest
 import torch
 
-from hyperprune.engine.masked_distillation import logit_kl
+from hyperprune.numerics.masked_training import logit_kl
 from hyperprune.masks import count_nm_violations, nm_patterns
-from hyperprune.methods.hyperprune.end_to_end import (accumulate_network_gradient, end_to_end_step, hard_keeps,
+from hyperprune.methods.hyperprune.network_finetune import (accumulate_network_gradient, end_to_end_step, hard_keeps,
                                                       kl_and_weight_gradients, masked_kl)
 from hyperprune.methods.hyperprune.method import HyperPrune
 from hyperprune.numerics.end_to_end import substituted

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from hyperprune.engine.masked_distillation import logit_kl
+from hyperprune.numerics.masked_training import logit_kl
 from hyperprune.methods.hyperprune.network import HyperNetwork
 from hyperprune.numerics.end_to_end import substituted
 from hyperprune.numerics.masked_training import EarlyStopping, window_order
