@@ -2,8 +2,8 @@
 of windows, for the shared network's parameters and, side by side on the same windows and loss,
 for per-group pattern logits (MaskLLM's parametrization) (issue 27, route B).
 
-    OMP_NUM_THREADS=2 python benchmarks/hypernet_gradient_agreement.py --nsamples 8 --seqlen 256 \
-        --grad-seqlen 512 --sizes 1,4,16 --seed 0 \
+    OMP_NUM_THREADS=1 python benchmarks/hypernet_gradient_agreement.py --nsamples 8 --seqlen 256 \
+        --hyperprune-steps 30 --grad-seqlen 512 --sizes 1,4,8 --seed 0 \
         --json benchmarks/results/hyperprune-end-to-end/gradient-agreement-seed0.json
 
 First the layer-wise pass (``hyperprune``, frozen weights, the flags' options) trains the network

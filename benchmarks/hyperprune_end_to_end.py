@@ -1,7 +1,8 @@
 """HyperPrune end to end (issue 27, route B), side by side in one run on the same windows.
 
-    OMP_NUM_THREADS=2 python benchmarks/hyperprune_end_to_end.py --nsamples 8 --seqlen 256 \
-        --eval sotu,brown-test,shakespeare --eval-windows 40 --e2e-steps 20 --seed 0 \
+    OMP_NUM_THREADS=1 python benchmarks/hyperprune_end_to_end.py --nsamples 8 --seqlen 256 \
+        --eval sotu,brown-test,shakespeare --eval-windows 20 --e2e-steps 12 --e2e-eval-every 4 \
+        --baselines sparsegpt --seed 0 \
         --json benchmarks/results/hyperprune-end-to-end/route-b-seed0.json
 
 Rows, each from the dense model:
