@@ -277,13 +277,17 @@ class HyperPrune(PruningMethod):
                     info[role][f"changed_round_{round_index + 1}"] = float(
                         (best[role][0] != before).view(-1, problems[role].m).any(1).float().mean())
         if held is not None:
+            full_hessians: dict[int, torch.Tensor] = {}  # by input: q/k/v and gate/up share one
             with torch.no_grad():
                 for role, problem in problems.items():
                     keep, weight, errors = best[role]
                     info[role]["holdout_error"] = held.relative(role, errors)
                     info[role]["changed_vs_prior_refit"] = float((keep != first_prior[role]).view(-1, problem.m).any(1).float().mean())
                     # The chosen masks, refit on every calibration window.
-                    full = ctx.statistics[role].hessian()
+                    stats = ctx.statistics[role]
+                    if id(stats) not in full_hessians:
+                        full_hessians[id(stats)] = stats.hessian()
+                    full = full_hessians[id(stats)]
                     result = exact_refit(ctx.linears[role].weight.data, full, keep, opts.refit_damp, self._refit_solver(),
                                          self.config.refit.tol, self.config.refit.max_iter,
                                          weight if problem_uses_cg else None, self.config.refit.preconditioner)

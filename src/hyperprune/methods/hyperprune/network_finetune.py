@@ -102,19 +102,6 @@ def accumulate_network_gradient(network: HyperNetwork, layers: list[NetworkLayer
             (soft * mask_grad[part]).sum().backward()
 
 
-def network_gradient(model: nn.Module, network: HyperNetwork, layers: list[NetworkLayer], patterns: torch.Tensor,
-                     ids: torch.Tensor, tau: float) -> tuple[float, torch.Tensor]:
-    """(KL summed over the windows of ``ids``, the flat gradient of that KL with respect to the
-    network's parameters and embeddings) at the network's current hard masks."""
-    keeps = hard_keeps(network, layers, patterns)
-    model.requires_grad_(False)
-    loss, weight_grads = kl_and_weight_gradients(model, layers, keeps, ids)
-    network.zero_grad(set_to_none=False)
-    accumulate_network_gradient(network, layers, weight_grads, patterns, tau)
-    flat = torch.cat([p.grad.reshape(-1) for p in network.parameters() if p.grad is not None])
-    return loss, flat
-
-
 def end_to_end_step(model: nn.Module, network: HyperNetwork, layers: list[NetworkLayer], patterns: torch.Tensor,
                     ids: torch.Tensor, tau: float, optimizer: torch.optim.Optimizer, group_fraction: float = 1.0,
                     generator: torch.Generator | None = None, keeps: dict[str, torch.Tensor] | None = None) -> float:
