@@ -218,3 +218,8 @@ def test_compare_keeps_each_blocks_seconds_and_the_methods_time_split(capsys, tm
     assert all("timing" not in block for block in methods["wanda"]["blocks"])  # Wanda reports no split
     for block in methods["hyperprune"]["blocks"]:
         assert {"setup_s", "backward_s", "refit_s"} <= set(block["timing"]) and block["timing"]["setup_s"] > 0
+    # Layers keep their errors and the method's numbers (the per-layer comparisons read them).
+    layers = methods["hyperprune"]["layers"]
+    assert len(layers) == 7 * len(methods["hyperprune"]["blocks"]) and all(0 < layer["rel_error"] < 1 for layer in layers)
+    assert all({"mask_error", "prior_error"} <= set(layer["info"]) for layer in layers)
+    assert all("info" not in layer for layer in methods["wanda"]["layers"])

@@ -131,13 +131,15 @@ def _restore(loaded, originals: dict[str, torch.Tensor]) -> None:
 
 
 def _prune_entry(loaded, run_config: PruneConfig, calib: torch.Tensor, progress: bool) -> dict[str, Any]:
-    """One method's row: the single-run report without per-layer records, blocks by their errors."""
+    """One method's row: the single-run report, blocks by their errors, layers by their errors and
+    the numbers the method noted (HyperPrune's learned and prior refit errors: the per-layer win share)."""
     if run_config.method == "dense":
         # Nothing is pruned: the process's resident memory with model and data loaded.
         return {"prune_seconds": 0.0, "peak_rss_bytes": current_rss_bytes(), "global_sparsity": 0.0, "nm_valid": False}
     report = run_report(run_method(loaded, run_config, calib, progress))
     entry = {key: value for key, value in report.items() if key not in ("layers", "blocks")}
     entry["blocks"] = [_block_entry(b) for b in report["blocks"]]
+    entry["layers"] = [_layer_entry(layer) for layer in report["layers"]]
     entry["config"] = config_record(run_config, build_method(run_config))
     return entry
 
@@ -146,6 +148,11 @@ def _block_entry(block: dict[str, Any]) -> dict[str, Any]:
     entry = {key: block[key] for key in _BLOCK_FIELDS}
     timing = {key: value for key, value in block.get("info", {}).items() if key.endswith("_s")}
     return entry | ({"timing": timing} if timing else {})
+
+
+def _layer_entry(layer: dict[str, Any]) -> dict[str, Any]:
+    numbers = {key: value for key, value in layer.get("info", {}).items() if isinstance(value, (int, float))}
+    return {"name": layer["name"], "rel_error": layer["rel_error"]} | ({"info": numbers} if numbers else {})
 
 
 def _mark_informative(out: dict[str, Any]) -> None:
