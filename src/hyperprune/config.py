@@ -275,6 +275,22 @@ class HyperPruneOptions(Options):
                                  "it is applied as it is")
     save_hypernet: str | None = Field(None, description="write the trained hypernetwork, its embeddings and options "
                                       "here (safetensors) when the run ends")
+    end_to_end_steps: int = Field(
+        0, ge=0, description="route B (issue 27): after the layer-wise pass (frozen weights), fine-tune the network "
+        "and its embeddings end to end on KL(dense ‖ pruned) for at most this many steps, then prune with its masks "
+        "(with refit: each layer refit to them); 0: off")
+    end_to_end_lr: float = Field(1e-4, gt=0, description="Adam's learning rate in the end-to-end phase")
+    end_to_end_tau: float = Field(0.5, gt=0, description="temperature of the straight-through relaxation end to end")
+    end_to_end_batch_size: int = Field(1, gt=0, description="calibration windows per end-to-end step")
+    end_to_end_holdout: int = Field(
+        2, gt=0, description="the last calibration windows, held out of the layer-wise pass and the end-to-end "
+        "training: early stopping's data")
+    end_to_end_eval_every: int = Field(4, gt=0, description="end-to-end steps between held-out checks")
+    end_to_end_patience: int = Field(2, gt=0, description="held-out checks without a gain before the phase stops")
+    end_to_end_group_fraction: float = Field(
+        0.25, gt=0.0, le=1.0, description="share of each layer's groups in the network's backward per step (unbiased)")
+    end_to_end_gradient_checkpointing: bool = Field(
+        True, description="recompute each decoder block in the end-to-end backward instead of keeping its activations")
     prior_gamma: float = Field(0.3, ge=0, description="γ0, the prior's weight on the logits (paper: 1e-5)")
     prior_decay: float = Field(2.0, ge=0, description="α in γ = γ0·exp(−α·t/T) over the block's steps")
     prior_beta: float = Field(10.0, gt=0, description="β, sharpness of the prior's softmax over patterns")
@@ -305,6 +321,12 @@ class HyperPruneOptions(Options):
     def _check_route_a(self) -> "HyperPruneOptions":
         if self.values == "prior-update" and self.prior not in ("sparsegpt", "admm"):
             raise ValueError("values 'prior-update' needs an updating prior: give prior sparsegpt or admm")
+        if self.end_to_end_steps and self.values != "dense":
+            raise ValueError("the end-to-end phase trains masks on the dense weights: give values 'dense' with "
+                             "end_to_end_steps")
+        if self.end_to_end_steps and (self.selection_windows or self.refit_rounds):
+            raise ValueError("the end-to-end phase fixes the masks before the layer loop: it takes neither "
+                             "selection_windows nor refit_rounds")
         return self
 
     @field_validator("features", mode="before")

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from hyperprune.engine.run_checkpoint import MANIFEST, RunCheckpoint
+from hyperprune.engine.run_checkpoint import MANIFEST, WHOLE_MODEL_DIR, RunCheckpoint
 from hyperprune.export.mask_files import MASKS_FILE, REPORT_FILE, save_packed_masks
 from hyperprune.export.output_dir import publish_dir
 from hyperprune.export.shard_writer import io_error, write_index, write_json_file, write_tensors
@@ -69,7 +69,7 @@ def assemble_output(
         write_json_file(partial / REPORT_FILE, report)
     except OSError as exc:
         raise io_error(exc, partial, "every block is checkpointed; free space and rerun with --resume") from exc
-    for leftover in ("masks", "state", "activations"):
+    for leftover in ("masks", "state", "activations", WHOLE_MODEL_DIR):
         shutil.rmtree(partial / leftover, ignore_errors=True)
     (partial / MANIFEST).unlink(missing_ok=True)
     publish_dir(partial, output)

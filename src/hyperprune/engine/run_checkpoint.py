@@ -34,6 +34,10 @@ def partial_dir_for(output: str | Path) -> Path:
     return output.resolve().parent / f".{output.name}.partial"
 
 
+# Inside the partial directory: what a whole-model pass keeps to survive a kill before the first
+# block is checkpointed (HyperPrune's end-to-end phase); removed when the output is assembled.
+WHOLE_MODEL_DIR = "whole-model"
+
 @dataclass
 class ResumeState:
     next_block: int

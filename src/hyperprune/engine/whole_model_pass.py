@@ -23,7 +23,17 @@ def one_shot_masks(name: str, config: PruneConfig, model: nn.Module, layout, cal
     return run_layerwise(copy.deepcopy(model), layout, method, calib_ids, device, settings, progress=False).masks
 
 
+def layerwise_on_copy(method, config: PruneConfig, model: nn.Module, layout, ids: torch.Tensor, device: torch.device,
+                      progress: bool):
+    """``method`` run block by block on a copy of ``model`` (the copy doubles the model's memory
+    while it runs), under the run's target and seed; no reconstruction."""
+    settings = EngineSettings(target=config.target, seed=config.seed)
+    return run_layerwise(copy.deepcopy(model), layout, method, ids, device, settings, progress=progress)
+
+
 def whole_model_pass(config: PruneConfig, model: nn.Module, layout, calib_ids: torch.Tensor, device: torch.device,
-                     progress: bool) -> WholeModelPass:
+                     progress: bool, work_dir=None, fingerprint: dict | None = None) -> WholeModelPass:
     return WholeModelPass(model, layout, calib_ids, device, progress,
-                          lambda name: one_shot_masks(name, config, model, layout, calib_ids, device))
+                          lambda name: one_shot_masks(name, config, model, layout, calib_ids, device),
+                          lambda method, ids: layerwise_on_copy(method, config, model, layout, ids, device, progress),
+                          work_dir, fingerprint)

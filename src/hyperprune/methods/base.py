@@ -138,6 +138,13 @@ class WholeModelPass:
     device: torch.device
     progress: bool
     one_shot_masks: Callable[[str], dict[str, torch.Tensor]]
+    # layerwise(method, ids): ``method`` run block by block on a copy of the dense model over the
+    # windows ``ids``, under the run's target and seed (HyperPrune's pass before its end-to-end phase).
+    layerwise: Callable[[Any, torch.Tensor], Any] | None = None
+    # Where the pass may keep state that survives a kill (inside the run's partial directory), and
+    # what identifies the run there; None without --output.
+    work_dir: Any = None
+    fingerprint: dict[str, Any] | None = None
 
 
 def method_options(cls: type[PruningMethod], config: PruneConfig, preset: Mapping[str, Any]) -> Options | None:

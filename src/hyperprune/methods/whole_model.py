@@ -14,6 +14,22 @@ from hyperprune.masks import pack_mask, unpack_mask
 from hyperprune.methods.base import BlockContext, PruningMethod, WholeModelPass
 
 
+def packed_masks_state(masks: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
+    """Keep-masks as checkpoint tensors: each bit-packed, with its shape."""
+    state = {}
+    for name, keep in masks.items():
+        state[f"{prefix}{name}|packed"] = pack_mask(keep)
+        state[f"{prefix}{name}|shape"] = torch.tensor(list(keep.shape))
+    return state
+
+
+def masks_from_state(state: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
+    """The inverse of :func:`packed_masks_state` (keys outside ``prefix`` are ignored)."""
+    names = {key[len(prefix):].rsplit("|", 1)[0] for key in state if key.startswith(prefix)}
+    return {name: unpack_mask(state[f"{prefix}{name}|packed"], tuple(state[f"{prefix}{name}|shape"].tolist()))
+            for name in names}
+
+
 class WholeModelMasks(PruningMethod):
     needs_whole_model = True
 
@@ -28,15 +44,10 @@ class WholeModelMasks(PruningMethod):
         self.prepared = True
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        state = {}
-        for name, keep in self.masks.items():
-            state[f"{name}|packed"] = pack_mask(keep)
-            state[f"{name}|shape"] = torch.tensor(list(keep.shape))
-        return state
+        return packed_masks_state(self.masks)
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        names = {key.rsplit("|", 1)[0] for key in state}
-        self.masks = {name: unpack_mask(state[f"{name}|packed"], tuple(state[f"{name}|shape"].tolist())) for name in names}
+        self.masks = masks_from_state(state)
         self.prepared = True
 
     def compute_masks(self, run: WholeModelPass) -> dict[str, torch.Tensor]:

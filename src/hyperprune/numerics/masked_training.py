@@ -89,6 +89,16 @@ class EarlyStopping:
     def keep_best(self) -> None:
         self.weights.restore(self._best_weights)
 
+    def state_dict(self) -> dict:
+        """The record and the best weights so far, for a checkpoint."""
+        return {"best": self.best, "best_step": self.best_step, "stale": self.stale,
+                "history": [list(check) for check in self.history], "best_weights": self._best_weights}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.best_step, self.stale = state["best"], state["best_step"], state["stale"]
+        self.history = [tuple(check) for check in state["history"]]
+        self._best_weights = state["best_weights"]
+
 
 @contextmanager
 def activation_checkpointing(model: nn.Module, enabled: bool = True) -> Iterator[None]:

@@ -67,12 +67,14 @@ def _fingerprint(config: PruneConfig, seqlen: int, num_blocks: int) -> dict[str,
     return {"config": settings, "seqlen": seqlen, "num_blocks": num_blocks, "hyperprune": library_versions()["hyperprune"]}
 
 
-def _open_model(config: PruneConfig, output, trust_remote_code: bool,
-                progress: bool = True) -> tuple[LoadedModel, BlockStore | None, ShardReader | None]:
+def _open_model(config: PruneConfig, output, trust_remote_code: bool, progress: bool = True,
+                whole_model: bool = False) -> tuple[LoadedModel, BlockStore | None, ShardReader | None]:
     """Stream local safetensors checkpoints when writing an output; hold anything else in memory
-    (a run without an output has nowhere to stream to: unless asked to, it does not)."""
+    (a run without an output has nowhere to stream to, and a method that needs a pass over the
+    whole model, ``whole_model``, cannot stream: unless asked to, neither does)."""
     source = resolve_model(config.model)
-    stream = config.stream if config.stream is not None else (can_stream(source) and output is not None)
+    stream = config.stream if config.stream is not None else (can_stream(source) and output is not None
+                                                               and not whole_model)
     if stream and output is None:
         raise HyperpruneError("streaming writes pruned blocks to disk as it goes; give output (--output), or stream=False (--no-stream)")
     if stream:
@@ -115,7 +117,7 @@ def prune(
         log.warning("no output directory: the pruned model is measured, then discarded (give --output DIR to keep it)")
     device = resolve_device(config.device)
     load_text_source(config.calib)  # a bad calibration source fails before the model loads
-    loaded, store, reader = _open_model(config, output, trust_remote_code, progress)
+    loaded, store, reader = _open_model(config, output, trust_remote_code, progress, method.needs_whole_model)
     seqlen = resolve_seqlen(config.seqlen, loaded.model.config)
     calib = calibration_ids(loaded, config, seqlen)
     bos = bos_per_window(loaded.tokenizer, config.bos_per_window)

@@ -20,7 +20,7 @@ from hyperprune.config import MAX_DEFAULT_SEQLEN, PruneConfig
 from hyperprune.data import bos_per_window, calibration_windows, evaluation_windows, load_text_source
 from hyperprune.engine import LayerwiseResult, PeakMemory, run_layerwise
 from hyperprune.engine.blocks import BlockStore, StreamedBlocks
-from hyperprune.engine.run_checkpoint import RunCheckpoint
+from hyperprune.engine.run_checkpoint import WHOLE_MODEL_DIR, RunCheckpoint
 from hyperprune.engine.whole_model_pass import whole_model_pass
 from hyperprune.errors import HyperpruneError
 from hyperprune.export import write_json_atomic
@@ -103,7 +103,9 @@ def run_method(
     with PeakMemory() as memory, _activation_dir(config, checkpoint) as activation_dir:
         # A resumed run gets the masks still to apply from the checkpointed method state.
         if method.needs_whole_model and not (checkpoint is not None and checkpoint.has_progress()):
-            method.prepare(whole_model_pass(config, loaded.model, loaded.layout, calib_ids, device, progress))
+            work = None if checkpoint is None else checkpoint.directory / WHOLE_MODEL_DIR
+            method.prepare(whole_model_pass(config, loaded.model, loaded.layout, calib_ids, device, progress, work,
+                                            None if checkpoint is None else checkpoint.fingerprint))
         result = run_layerwise(loaded.model, loaded.layout, method, calib_ids, device, config.engine_settings(), progress,
                                store=store, checkpoint=checkpoint, activation_dir=activation_dir)
     seconds = time.perf_counter() - start

@@ -5,6 +5,7 @@ trained block by block. This module is the orchestration; the math is in
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass
 
@@ -16,7 +17,10 @@ from hyperprune.config import ADMMOptions, HyperPruneOptions, PruneConfig
 from hyperprune.errors import HyperpruneError
 from hyperprune.numerics.statistics import InputStatistics, StatisticsKind
 from hyperprune.masks import nm_patterns
-from hyperprune.methods.base import BlockContext, PruningMethod, register_method, register_preset, roles_by_input
+from hyperprune.methods.base import (BlockContext, PruningMethod, WholeModelPass, register_method, register_preset,
+                                     roles_by_input)
+from hyperprune.methods.hyperprune.end_to_end_pass import end_to_end_masks
+from hyperprune.methods.whole_model import masks_from_state, packed_masks_state
 from hyperprune.methods.hyperprune import objectives as obj
 from hyperprune.methods.hyperprune.network_finetune import NetworkLayer
 from hyperprune.methods.hyperprune.network import HyperNetwork
@@ -75,6 +79,11 @@ class HyperPrune(PruningMethod):
             self.options = self.options.model_copy(update=architecture)
         if self.options.selection_windows and not self.options.refit:
             raise HyperpruneError("selection windows choose between refit masks: use them with hyperprune+refit")
+        # Route B: masks from the end-to-end phase, computed before the layer loop (``prepare``).
+        self.needs_whole_model = self.options.end_to_end_steps > 0
+        self.end_to_end_masks: dict[str, torch.Tensor] = {}
+        self.end_to_end_changed: dict[str, float] = {}
+        self.whole_model_info: dict = {}
         if self.options.selection_windows and self._refit_solver() == "obs":
             raise HyperpruneError("selection windows need an exact refit to compare masks: give --refit-method cg "
                                   "or lstsq, not obs")
@@ -104,10 +113,65 @@ class HyperPrune(PruningMethod):
             save_hypernet(self.options.save_hypernet, self.network.cpu(), self.shape, self.options,
                           str(self.config.target.pattern))
 
+    # ---------------------------------------------------------------- route B
+    def layerwise_copy(self) -> HyperPrune:
+        """This method as the paper's layer-wise pass (frozen weights, no end-to-end phase), keeping
+        every layer's features for the end-to-end phase."""
+        layerwise = copy.copy(self)
+        layerwise.options = self.options.model_copy(update={"end_to_end_steps": 0, "refit": False,
+                                                             "save_hypernet": None})
+        layerwise.needs_whole_model = False
+        layerwise.collect_network_layers = True
+        layerwise.network_layers = []
+        return layerwise
+
+    def restore_network(self, state: dict[str, torch.Tensor], shape: tuple[int, int, int, int]) -> None:
+        self._build_network(*shape).load_state_dict(state)
+
+    def prepare(self, whole_model: WholeModelPass) -> None:
+        result = end_to_end_masks(self, whole_model)
+        self.end_to_end_masks, self.end_to_end_changed, self.whole_model_info = result.masks, result.changed, result.info
+
+    def _apply_end_to_end(self, ctx: BlockContext) -> dict[str, torch.Tensor]:
+        """The end-to-end phase's masks on the dense weights, or (refit) each layer refit to them."""
+        masks, hessians = {}, {}
+        if ctx.index == 0 and self.whole_model_info:
+            ctx.block_info["whole_model_pass"] = self.whole_model_info
+        with torch.no_grad():
+            for role, linear in ctx.linears.items():
+                name = ctx.names[role]
+                keep = self.end_to_end_masks.pop(name).to(linear.weight.device)
+                ctx.info[role] = {"changed_vs_layerwise": self.end_to_end_changed.pop(name, 0.0)}
+                if self.options.refit:
+                    stats = ctx.statistics[role]
+                    if id(stats) not in hessians:  # q/k/v and gate/up share one input
+                        hessians[id(stats)] = stats.hessian()
+                    refit = self._refit_to(ctx, role, hessians[id(stats)], keep)
+                    linear.weight.data.copy_(refit.to(linear.weight.dtype))
+                else:
+                    linear.weight.data.mul_(keep.to(linear.weight.dtype))
+                masks[role] = keep
+        return masks
+
+    def _refit_to(self, ctx: BlockContext, role: str, hessian: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        weight = ctx.linears[role].weight.data
+        if self._refit_solver() == "obs":
+            return sparsegpt_prune(weight, hessian.clone(), ctx.target, self.config.hessian, f"block {ctx.index} {role}",
+                                   keep_mask=keep, overwrite_hessian=True).weight
+        refit = self.config.refit
+        return exact_refit(weight, hessian, keep, self.options.refit_damp, self._refit_solver(), refit.tol,
+                           refit.max_iter, None, refit.preconditioner).weight
+
+    # ---------------------------------------------------------------- state
     def state_dict(self) -> dict[str, torch.Tensor]:
         if self.network is None:
             return {}
         state = {f"network.{k}": v.detach().cpu().clone() for k, v in self.network.state_dict().items()}
+        if self.needs_whole_model:  # route B: the masks still to apply are the state, and the network to save
+            state["shape"] = torch.tensor(self.shape)
+            state.update(packed_masks_state(self.end_to_end_masks, "masks."))
+            state.update({f"changed.{k}": torch.tensor(v) for k, v in self.end_to_end_changed.items()})
+            return state
         state.update({
             "shape": torch.tensor(self.shape),
             "cache.features": self.cache_features.cpu(),
@@ -122,6 +186,10 @@ class HyperPrune(PruningMethod):
             return
         network = self._build_network(*[int(v) for v in state["shape"]])
         network.load_state_dict({k[len("network."):]: v for k, v in state.items() if k.startswith("network.")})
+        if self.needs_whole_model:
+            self.end_to_end_masks = masks_from_state(state, "masks.")
+            self.end_to_end_changed = {k[len("changed."):]: float(v) for k, v in state.items() if k.startswith("changed.")}
+            return
         self.cache_features = state["cache.features"]
         self.cache_layers = state["cache.layers"].long()
         self.cache_components = state["cache.components"].long()
@@ -129,6 +197,8 @@ class HyperPrune(PruningMethod):
 
     # ---------------------------------------------------------------- block
     def prune_block(self, ctx: BlockContext) -> dict[str, torch.Tensor]:
+        if self.needs_whole_model:
+            return self._apply_end_to_end(ctx)
         opts = self.options
         pattern = ctx.target.pattern
         device = ctx.device
@@ -173,6 +243,12 @@ class HyperPrune(PruningMethod):
         timing |= {"setup_s": setup_s, "refit_s": _now(device) - refit_start}
         masks = {}
         with torch.no_grad():
+            # Before the weights are written: in float32 a problem's W (and V = W) is the layer's own
+            # weight tensor, so features read after the write would see the pruned weights.
+            self._extend_continual_cache(network, ctx.index, problems, generator)
+            if self.collect_network_layers:
+                self.network_layers.extend(self._network_layer(ctx, problem, prior_table, gamma_final, keeps[role])
+                                           for role, problem in problems.items())
             for role, problem in problems.items():
                 keep, linear = keeps[role], ctx.linears[role]
                 if opts.refit:
@@ -183,14 +259,18 @@ class HyperPrune(PruningMethod):
                     linear.weight.data.mul_(keep.to(linear.weight.dtype))
                 masks[role] = keep
                 ctx.info[role] = info[role]
-            self._extend_continual_cache(network, ctx.index, problems, generator)
-            if self.collect_network_layers:
-                self.network_layers.extend(
-                    NetworkLayer(ctx.names[role], ctx.index, problem.component,
-                                 problem.features(None, opts.features).to(torch.bfloat16).cpu(), problem.values.cpu())
-                    for role, problem in problems.items())
         ctx.block_info.update(timing)
         return masks
+
+    def _network_layer(self, ctx: BlockContext, problem: LayerProblem, prior_table: torch.Tensor,
+                       gamma: float, applied: torch.Tensor) -> NetworkLayer:
+        """What the end-to-end phase reads of one layer: its features, the values the mask multiplies
+        (a copy: the layer's weight is pruned in place next), and the prior term of the final masks."""
+        prior = None if problem.prior_index is None or gamma == 0 else problem.prior_index.to(torch.uint8).cpu()
+        return NetworkLayer(ctx.names[problem.role], ctx.index, problem.component,
+                            problem.features(None, self.options.features).to(torch.bfloat16).cpu(),
+                            problem.values.detach().clone().cpu(), prior,
+                            None if prior is None else (gamma * prior_table).cpu(), applied.cpu())
 
     def _split_statistics(self, ctx: BlockContext) -> tuple[dict[str, InputStatistics], dict[str, InputStatistics] | None]:
         """(statistics the masks are learned from, held-out statistics or None). With
