@@ -231,7 +231,9 @@ class HyperPrune(PruningMethod):
             terms.factor = terms.admm = None  # only the prior needed them: free the d×d factors before training
         setup_s = _now(device) - setup_start  # H⁻¹, the prior (a SparseGPT pass), features
         timing = self._train(ctx, network, problems, patterns, prior_table, generator, opts.steps)
-        gamma_final = obj.prior_weight(opts.steps, opts.steps, opts.prior_gamma, opts.prior_decay)
+        # The prior's weight at the end of its schedule, also with 0 steps: a saved network applied as
+        # it is meets the prior as it did when its training ended.
+        gamma_final = obj.prior_weight(1, 1, opts.prior_gamma, opts.prior_decay)
         with torch.no_grad():
             keeps = self._hard_masks(network, ctx.index, problems, prior_table, gamma_final)
             info = {role: self._mask_info(problems[role], keeps[role], prior_errors.get(role)) for role in problems}
