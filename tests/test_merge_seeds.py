@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import load_benchmark
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "merge_seeds.py"
 
 
@@ -60,3 +62,13 @@ def test_a_labelled_input_gets_rows_of_its_own(merge_seeds, tmp_path):
                                 labelled])["methods"]
     assert merged["sparsegpt+lstsq (cholesky)"]["time_vs_sparsegpt"] == pytest.approx(3.0)
     assert merged["sparsegpt+lstsq"]["ppl"]["sotu"]["mean"] == pytest.approx(80.0)
+
+
+def test_layer_wins_counts_wins_losses_and_ties_beyond_the_margin():
+    layer_wins = load_benchmark("layer_wins").layer_wins
+    layers = [{"info": {"learned_refit_error": learned, "prior_refit_error": 1.0, "refit_error": min(learned, 1.0)}}
+              for learned in (0.9, 0.99999, 1.2, 0.5)] + [{"info": {"mask_error": 0.3}}]  # the last: no refit numbers
+    summary = layer_wins(layers, margin=1e-4)
+    assert (summary["layers"], summary["wins"], summary["losses"], summary["ties"]) == (4, 2, 1, 1)
+    assert summary["learned_over_prior_median"] == pytest.approx((0.9 + 0.99999) / 2)
+    assert layer_wins([{"info": {}}], margin=1e-4) is None
