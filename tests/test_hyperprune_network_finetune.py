@@ -8,7 +8,7 @@ import torch
 
 from hyperprune.numerics.masked_training import logit_kl
 from hyperprune.masks import count_nm_violations, nm_patterns
-from hyperprune.methods.hyperprune.network_finetune import (accumulate_network_gradient, end_to_end_step, hard_keeps,
+from hyperprune.methods.hyperprune.network_finetune import (FineTuningSettings, NetworkFineTuning, accumulate_network_gradient, end_to_end_step, hard_keeps,
                                                       kl_and_weight_gradients, masked_kl)
 from hyperprune.methods.hyperprune.method import HyperPrune
 from hyperprune.numerics.end_to_end import substituted
@@ -161,3 +161,20 @@ def test_a_kill_during_the_end_to_end_phase_resumes_bit_identically(tmp_path, ti
     ours, theirs = (json.loads((d / "report.json").read_text()) for d in (out, reference))
     assert ours["blocks"][0]["info"]["whole_model_pass"]["end_to_end"]["holdout_kl"] == \
         theirs["blocks"][0]["info"]["whole_model_pass"]["end_to_end"]["holdout_kl"]
+
+
+def test_step_zero_is_the_masks_the_layer_wise_pass_applied(trained):
+    model, method = trained
+    network, layers = copy.deepcopy(method.network), method.network_layers
+    applied = {layer.name: layer.applied for layer in layers}
+    ids = calib_ids(3, 16, seed=5)
+    settings = FineTuningSettings(steps=0, lr=1e-3, tau=0.5, batch_size=1, eval_every=1, patience=2, seed=0)
+    training = NetworkFineTuning(model, network, layers, PATTERNS, ids[:2], ids[2:], settings)
+    assert training.stopping.history[0][1] == pytest.approx(masked_kl(model, network, layers, PATTERNS, ids[2:], applied))
+    run = training.train(progress=False)
+    assert run.steps == 0 and run.best_step == 0
+    # The network's own argmax has drifted for the first block; what is kept is what was applied.
+    drifted = hard_keeps(network, layers, PATTERNS)
+    assert any(not torch.equal(drifted[name], keep) for name, keep in applied.items())
+    assert all(torch.equal(training.final_masks()[name], keep) for name, keep in applied.items())
+    assert training.changed_groups() == 0.0
