@@ -187,3 +187,34 @@ def test_the_finite_check_finds_one_bad_value_anywhere(dtype, bad):
     assert not all_finite(tensor)
     with pytest.raises(NonFiniteError, match="block 3 component q"):
         check_finite(tensor, "weights", 3, "q")
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])  # qwen2: q/k/v carry a bias, which the energy leaves out
+def test_the_output_energy_is_the_dense_layers_w_h_wt_diagonal(family):
+    from hyperprune.methods.base import PruningMethod
+    from hyperprune.numerics.statistics import StatisticsKind
+
+    seen = []
+
+    class Probe(PruningMethod):
+        name = "probe"
+        statistics = StatisticsKind.HESSIAN
+
+        def prune_block(self, ctx):
+            for role, linear in ctx.linears.items():
+                W, H = linear.weight.detach().float(), ctx.statistics[role].hessian()
+                seen.append((ctx.output_energy[role], ((W @ H) * W).sum(dim=1)))
+            return {role: torch.ones_like(linear.weight, dtype=torch.bool) for role, linear in ctx.linears.items()}
+
+    model = tiny_model(family, num_hidden_layers=2)
+    with torch.no_grad():  # biases start at zero: give them values, so that leaving them out is tested
+        for name, param in model.named_parameters():
+            if name.endswith("proj.bias"):
+                param.normal_(0, 0.5, generator=torch.Generator().manual_seed(1))
+    config = PruneConfig(method="dense", target=SparsityTarget(pattern="2:4"))
+    ids = torch.randint(0, model.config.vocab_size, (3, 16), generator=torch.Generator().manual_seed(0))
+    run_layerwise(model, layout_for(family), Probe(config), ids, torch.device("cpu"), config.engine_settings(),
+                  progress=False)
+    assert len(seen) == 14
+    for hooked, product in seen:
+        assert torch.allclose(hooked, product, rtol=1e-3, atol=1e-6)

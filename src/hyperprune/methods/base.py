@@ -41,6 +41,9 @@ class BlockContext:
     kwargs: dict[str, Any] = field(default_factory=dict)  # what ``forward`` binds (masks, positions)
     block_info: dict[str, Any] = field(default_factory=dict)  # block-level notes for the report
     names: dict[str, str] = field(default_factory=dict)  # role -> the weight's state-dict name
+    # role -> diag(W H Wᵀ) of the dense layer (Σ‖(W X)_i‖², the Hessian's scale), from the calibration
+    # forward; empty when the method gathers no Hessian
+    output_energy: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def roles_by_input(ctx: BlockContext) -> list[list[str]]:

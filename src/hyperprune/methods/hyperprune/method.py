@@ -214,9 +214,12 @@ class HyperPrune(PruningMethod):
                 shared_inputs[id(stats)] = input_terms(stats, self.config.hessian, pattern.m, f"block {ctx.index} {role}",
                                                        admm_options)
             # One component embedding per role of the block (the paper's 7 for LLaMA-style blocks).
+            # The engine's output energy is over every window: with held-out windows, the product here.
+            energy = ctx.output_energy.get(role) if held_out is None else None
             problem = build_problem(role, linear.weight, stats, shared_inputs[id(stats)], ctx.target, opts.prior,
                                     patterns, self.config.hessian, component=list(ctx.linears).index(role),
-                                    keep_prior_weight=opts.refit and self._refit_solver() == "cg", values=opts.values)
+                                    keep_prior_weight=opts.refit and self._refit_solver() == "cg", values=opts.values,
+                                    dense_energy=energy)
             self._refresh(problem, problem.current_keep)
             if problem.prior_keep is not None:  # the prior's frozen error, free from the first refresh
                 prior_errors[role] = problem.refreshed_relative_error()

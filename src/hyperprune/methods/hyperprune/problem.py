@@ -191,11 +191,13 @@ def pattern_index(keep: torch.Tensor, patterns: torch.Tensor) -> torch.Tensor:
 def build_problem(role: str, weight: torch.Tensor, stats: InputStatistics, terms: InputTerms,
                   target: SparsityTarget, prior: str, patterns: torch.Tensor, hessian_options: HessianOptions,
                   component: int | None = None, keep_prior_weight: bool = False,
-                  values: str = "dense") -> LayerProblem:
+                  values: str = "dense", dense_energy: torch.Tensor | None = None) -> LayerProblem:
     """Everything per layer that stays fixed while the hypernetwork trains (until a refresh).
     ``keep_prior_weight``: keep the prior's updated weights (a refit's first guess), not only its mask.
     ``values``: "dense", the mask multiplies W (the paper); "prior-update", it multiplies the
-    prior's updated weights (ADMM's W + U everywhere; SparseGPT's OBS weights where it keeps)."""
+    prior's updated weights (ADMM's W + U everywhere; SparseGPT's OBS weights where it keeps).
+    ``dense_energy``: diag(W H Wᵀ) if the caller has it (the engine's output energy: the
+    denominator of every relative error); else one W·H product here."""
     pattern = target.pattern
     W = weight.detach().float()
     H = terms.hessian
@@ -225,7 +227,7 @@ def build_problem(role: str, weight: torch.Tensor, stats: InputStatistics, terms
         values=V,
         base=None if V is W else W - V,
         terms=terms,
-        dense_energy=((W @ H) * W).sum(dim=1),
+        dense_energy=((W @ H) * W).sum(dim=1) if dense_energy is None else dense_energy.to(W.device, torch.float32),
         outlier_dense=(W.pow(2) * second_moment).sum(dim=1),
         current_keep=prior_keep if prior_keep is not None else wanda_keep,
         prior_keep=prior_keep,
