@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(2)
     out = {"methods": {}, "versions": library_versions(), "environment": environment()}
     for method in RECORDED:
-        config = PruneConfig(method=method, nsamples=8, seqlen=256, seed=0, options={"hyperprune": {"steps": 10, "row_fraction": 0.25}},
+        config = PruneConfig(method=method, nsamples=8, seqlen=256, seed=0, options={"hyperprune": {"steps": 10, "row_fraction": 0.25, "prior": "sparsegpt", "values": "dense"}},
                              refit={"method": "lstsq"})
         loaded, seqlen = load_for(config)
         calib = calibration_ids(loaded, config, seqlen)

@@ -60,7 +60,7 @@ def test_masks_and_weights_are_bit_identical_to_before_the_restructure(embedded_
     try:
         # The refit by Cholesky, as before the change: CG (today's default) solves the same problem
         # only to a tolerance, so its bits differ by design.
-        config = PruneConfig(method=method, nsamples=8, seqlen=256, seed=0, options={"hyperprune": {"steps": 4, "row_fraction": 0.25}},
+        config = PruneConfig(method=method, nsamples=8, seqlen=256, seed=0, options={"hyperprune": {"steps": 4, "row_fraction": 0.25, "prior": "sparsegpt", "values": "dense"}},
                              refit={"method": "lstsq"})
         run = run_method(loaded, config, calib, progress=False)
     finally:

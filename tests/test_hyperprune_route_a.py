@@ -182,3 +182,11 @@ def test_a_saved_network_alone_with_the_refit(tmp_path):
     for name, keep in refit.masks.items():
         assert torch.all(params[name][~keep] == 0)
     assert sum(r.rel_error for r in refit.layers[:7]) < sum(r.rel_error for r in frozen.layers[:7])
+
+
+def test_auto_values_follow_the_prior():
+    # hyperprune+refit's default: priced at the prior's updated weights when the prior updates any.
+    assert HyperPruneOptions(prior="admm", values="auto").values == "prior-update"
+    assert HyperPruneOptions(prior="sparsegpt", values="auto").values == "prior-update"
+    assert HyperPruneOptions(prior="wanda", values="auto").values == "dense"
+    assert HyperPruneOptions(prior="none", values="auto").values == "dense"

@@ -86,7 +86,8 @@ def test_method_flags_not_given_leave_the_options_class_defaults():
     config = parsed_config("--method", "hyperprune+refit")
     assert config.options == {}
     options = get_method("hyperprune+refit")(config).options
-    assert options == HyperPruneOptions(refit=True, row_fraction=0.05)  # the preset's fixed value and own default
+    # The preset's fixed value and own defaults (route A: ADMM's prior, priced at its updated weights).
+    assert options == HyperPruneOptions(refit=True, row_fraction=0.05, prior="admm", values="prior-update")
 
 
 def test_eval_batch_size_is_the_task_batch_and_keeps_its_old_spelling():

@@ -262,11 +262,12 @@ class HyperPruneOptions(Options):
     prior: Literal["sparsegpt", "wanda", "admm", "none"] = Field(
         "sparsegpt", description="mask prior on the logits: a one-shot mask (admm: Boža 2024's, at the admm "
         "method's defaults)")
-    values: Literal["dense", "prior-update"] = Field(
+    values: Literal["dense", "prior-update", "auto"] = Field(
         "dense", description="the weights the mask multiplies while it is learned and in the output: dense, W itself "
         "(the paper); prior-update, the prior's updated weights (admm: its W + U at every position; sparsegpt: its "
         "OBS weights where it keeps, W elsewhere), so that patterns are priced at compensated weights (issue 27, "
-        "route A)")
+        "route A); auto (hyperprune+refit's default), prior-update when the prior updates weights (sparsegpt, admm), "
+        "else dense. Reports record what auto became")
     selection_windows: int = Field(
         0, ge=0, description="with refit: calibration windows held out of everything the masks are learned from; the "
         "row-by-row choice between the prior's and the learned mask is made on them, and the chosen mask is then "
@@ -317,13 +318,22 @@ class HyperPruneOptions(Options):
     )
     round_steps: int = Field(25, ge=1, description="training steps in each refit-aware round")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_auto_values(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("values") == "auto":
+            updating = data.get("prior", "sparsegpt") in ("sparsegpt", "admm")
+            data = {**data, "values": "prior-update" if updating else "dense"}
+        return data
+
     @model_validator(mode="after")
     def _check_route_a(self) -> "HyperPruneOptions":
         if self.values == "prior-update" and self.prior not in ("sparsegpt", "admm"):
-            raise ValueError("values 'prior-update' needs an updating prior: give prior sparsegpt or admm")
-        if self.end_to_end_steps and self.values != "dense":
-            raise ValueError("the end-to-end phase trains masks on the dense weights: give values 'dense' with "
-                             "end_to_end_steps")
+            raise ValueError(f"values 'prior-update' needs an updating prior, not '{self.prior}': give prior "
+                             "sparsegpt or admm, or values dense or auto")
+        if self.end_to_end_steps and self.values != "dense" and not self.refit:
+            raise ValueError("without a refit the end-to-end phase applies its masks to the dense weights: give "
+                             "values 'dense' with end_to_end_steps, or refit")
         if self.end_to_end_steps and (self.selection_windows or self.refit_rounds):
             raise ValueError("the end-to-end phase fixes the masks before the layer loop: it takes neither "
                              "selection_windows nor refit_rounds")

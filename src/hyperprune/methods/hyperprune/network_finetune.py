@@ -48,6 +48,12 @@ class NetworkLayer:
     # The keep-mask the layer-wise pass applied. The network kept training on later blocks, so its
     # masks for earlier layers drift from these; the phase counts them as its step 0.
     applied: torch.Tensor | None = None
+    # The dense weight, when ``values`` are not it (route A's prior-update values): the teacher's.
+    dense: torch.Tensor | None = None
+
+    @property
+    def teacher_weight(self) -> torch.Tensor:
+        return self.values if self.dense is None else self.dense
 
 
 def _chunks(count: int, size: int = _CHUNK_GROUPS):
@@ -86,7 +92,7 @@ def kl_and_weight_gradients(model: nn.Module, layers: list[NetworkLayer], keeps:
     and its gradient with respect to each masked weight W_eff = keep ⊙ V. ``gradient_checkpointing``:
     recompute each decoder block in the backward instead of keeping its activations."""
     dtype = next(model.parameters()).dtype
-    dense = {layer.name: layer.values.to(dtype) for layer in layers}
+    dense = {layer.name: layer.teacher_weight.to(dtype) for layer in layers}
     masked = {layer.name: (layer.values * keeps[layer.name]).to(dtype).requires_grad_(True) for layer in layers}
     total = 0.0
     for window in range(ids.shape[0]):
@@ -146,7 +152,7 @@ def masked_kl(model: nn.Module, network: HyperNetwork, layers: list[NetworkLayer
     if already computed)."""
     keeps = hard_keeps(network, layers, patterns) if keeps is None else keeps
     dtype = next(model.parameters()).dtype
-    dense = {layer.name: layer.values.to(dtype) for layer in layers}
+    dense = {layer.name: layer.teacher_weight.to(dtype) for layer in layers}
     masked = {layer.name: (layer.values * keeps[layer.name]).to(dtype) for layer in layers}
     total = 0.0
     for window in range(ids.shape[0]):
