@@ -12,7 +12,9 @@ Rows (``--only`` picks by number):
   4 transfer, 0 steps, +refit          5 from scratch (frozen)     6 from scratch, +refit
 
 A transferred network starts every block; its layer embeddings are mapped by relative depth
-when the models have different numbers of blocks (``methods/hyperprune/storage.py``).
+when the models have different numbers of blocks (``methods/hyperprune/storage.py``). Every
+HyperPrune row runs at the paper's setting (SparseGPT's prior, dense weights priced), which the
+network to transfer should have been trained at.
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     base = base_config(args, "dense")
 
     def hyperprune(method: str, **options):
-        return base.with_method(method).with_options("hyperprune", **options)
+        # Every HyperPrune row at the paper's setting (SparseGPT's prior, the dense weights priced), the
+        # one the transferred network was trained at; hyperprune+refit's own default is route A.
+        return base.with_method(method).with_options("hyperprune", prior="sparsegpt", values="dense", **options)
 
     runs = [
         ("sparsegpt", base.with_method("sparsegpt")),
