@@ -78,7 +78,7 @@ def end_to_end_masks(method, run: WholeModelPass) -> EndToEndResult:
     changed = {layer.name: float((masks[layer.name] != layer.applied).view(-1, m).any(1).float().mean())
                for layer in layers}
     info = {"layerwise_seconds": layerwise_seconds, "end_to_end": asdict(report),
-            "changed_vs_layerwise": training.changed_groups(), "train_windows": train_ids.shape[0],
+            "changed_vs_layerwise": training.changed_groups(masks), "train_windows": train_ids.shape[0],
             "holdout_windows": holdout}
     return EndToEndResult({name: keep.cpu() for name, keep in masks.items()}, changed, info)
 

@@ -259,9 +259,10 @@ class NetworkFineTuning:
         """The masks of the best held-out check: step 0's (see ``start_masks``), or the network's."""
         return self.start_masks if self.stopping.best_step == 0 else hard_keeps(self.network, self.layers, self.patterns)
 
-    def changed_groups(self) -> float:
-        """Share of groups whose pattern differs in :meth:`final_masks` from step 0's masks."""
-        now = self.final_masks()
+    def changed_groups(self, final: dict[str, torch.Tensor] | None = None) -> float:
+        """Share of groups whose pattern differs in :meth:`final_masks` (``final``, if already
+        computed: each costs a pass of every group through the network) from step 0's masks."""
+        now = self.final_masks() if final is None else final
         m = self.patterns.shape[1]
         changed = sum(int((now[k] != self.start_masks[k]).view(-1, m).any(1).sum()) for k in now)
         return changed / max(1, sum(k.numel() // m for k in now.values()))
