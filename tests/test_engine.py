@@ -218,3 +218,36 @@ def test_the_output_energy_is_the_dense_layers_w_h_wt_diagonal(family):
     assert len(seen) == 14
     for hooked, product in seen:
         assert torch.allclose(hooked, product, rtol=1e-3, atol=1e-6)
+
+
+def test_a_method_that_fails_leaves_the_block_exactly_dense_with_the_compact_copy():
+    """The engine's copy to restore from is bf16 when that holds the weights exactly (a bf16
+    checkpoint computed in float32), float32 otherwise; either way a failing method leaves the
+    block's weights bit for bit as they were."""
+    from hyperprune.engine.layerwise import _lossless_copy
+
+    exact = torch.randn(8, 16).to(torch.bfloat16).float()
+    assert _lossless_copy(exact).dtype == torch.bfloat16 and torch.equal(_lossless_copy(exact).float(), exact)
+    inexact = exact + 1e-4
+    assert _lossless_copy(inexact).dtype == torch.float32 and torch.equal(_lossless_copy(inexact), inexact)
+
+    for rounded in (True, False):
+        model = tiny_model("llama", seed=3)
+        if rounded:
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.copy_(p.to(torch.bfloat16).float())
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        config = PruneConfig(method="magnitude", target=SparsityTarget(pattern="2:4"), nsamples=2)
+        method = get_method("magnitude")(config)
+
+        def broken(ctx):
+            for lin in ctx.linears.values():
+                lin.weight.data.mul_(0.5)  # half done, then a failure
+            raise RuntimeError("method failed")
+
+        method.prune_block = broken
+        with pytest.raises(RuntimeError, match="method failed"):
+            run_layerwise(model, layout_for("llama"), method, torch.randint(0, 256, (2, 16)), torch.device("cpu"),
+                          config.engine_settings(), progress=False)
+        assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -8,6 +8,7 @@ import torch
 from conftest import tiny_model
 from hyperprune.config import HyperPruneOptions, PruneConfig, SparsityTarget
 from hyperprune.engine import run_layerwise
+from hyperprune.errors import HyperpruneError
 from hyperprune.masks import count_nm_violations, nm_patterns
 from hyperprune.methods import get_method
 from hyperprune.methods.hyperprune import objectives as obj
@@ -103,6 +104,47 @@ def test_group_features_shape_and_locality():
     # the first 4 inputs of group (row 1, group 2) are row 1's weights 8..11, row-normalized
     rms = weight[1].pow(2).mean().sqrt()
     assert torch.allclose(feats[1 * 4 + 2, :4], weight[1, 8:12] / rms)
+
+
+def test_an_input_never_seen_leaves_every_feature_finite():
+    """Gemma-3 270M has inputs whose ‖x‖ is exactly 0; the log Wanda feature once made every row
+    NaN there, and the network trained into NaN without a word."""
+    gen = torch.Generator().manual_seed(1)
+    weight = torch.randn(6, 16, generator=gen)
+    norms = torch.rand(16, generator=gen) + 0.1
+    norms[5] = 0.0
+    names = ("weight", "wanda", "saliency", "hdiag", "hinv", "coupling")
+    feats = obj.group_features(weight, torch.randn(6, 16, generator=gen), norms, torch.rand(16) + 0.1,
+                               torch.rand(16) + 0.1, 4, names)
+    assert torch.isfinite(feats).all()
+    # the dead input ranks lowest in its group on the Wanda feature (columns 4..7 of group 1)
+    assert (feats.view(6, 4, -1)[:, 1, 4:8].argmin(dim=1) == 1).all()
+
+
+def test_a_model_with_a_dead_input_channel_trains_to_finite_masks():
+    model = tiny_model("llama", seed=0, num_hidden_layers=2)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.post_attention_layernorm.weight[3] = 0.0  # gate/up never see input 3
+    config = PruneConfig(method="hyperprune", target=SparsityTarget(pattern="2:4"), nsamples=4, seed=0,
+                         hyperprune=HyperPruneOptions(**FAST))
+    instance = get_method("hyperprune")(config)
+    result = run_layerwise(model, layout_for("llama"), instance, calib_ids(4), CPU, config.engine_settings(), progress=False)
+    assert all(math.isfinite(info) for block in result.blocks for key, info in block.info.items()
+               if key == "final_reconstruction")
+    assert all(math.isfinite(rec.rel_error) and rec.info["changed_vs_prior"] < 0.5 for rec in result.layers)
+
+
+def test_a_network_giving_nan_logits_is_refused_in_one_line():
+    model = tiny_model("llama", seed=0, num_hidden_layers=1)
+    config = PruneConfig(method="hyperprune", target=SparsityTarget(pattern="2:4"), nsamples=4, seed=0,
+                         hyperprune=HyperPruneOptions(**{**FAST, "steps": 0}))
+    instance = get_method("hyperprune")(config)
+    instance._start_network(obj.feature_width(instance.options.features, 2, 4), 6, 1, 7)
+    with torch.no_grad():
+        instance.network.first.weight.fill_(float("nan"))
+    with pytest.raises(HyperpruneError, match="NaN or Inf logits in block 0"):
+        run_layerwise(model, layout_for("llama"), instance, calib_ids(4), CPU, config.engine_settings(), progress=False)
 
 
 # ---------------------------------------------------------------- the method

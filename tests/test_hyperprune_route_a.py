@@ -190,3 +190,26 @@ def test_auto_values_follow_the_prior():
     assert HyperPruneOptions(prior="sparsegpt", values="auto").values == "prior-update"
     assert HyperPruneOptions(prior="wanda", values="auto").values == "dense"
     assert HyperPruneOptions(prior="none", values="auto").values == "dense"
+
+
+def test_a_large_layers_errors_go_a_slice_of_rows_at_a_time_and_equal_the_whole_product(monkeypatch):
+    import hyperprune.methods.hyperprune.problem as problem_module
+
+    weight, stats = _layer(2, d_out=24)
+    terms = input_terms(stats, HessianOptions(), 4, "test", ADMMOptions())
+    problem = build_problem("q", weight, stats, terms, TARGET, "admm", nm_patterns(2, 4), HessianOptions(),
+                            values="prior-update")
+    keep = problem.prior_keep
+    whole_mask = problem.relative_error(keep)
+    whole_update = problem.relative_error_of(lambda rows: problem.error(keep[rows].float(), rows))
+    seen = []
+    quadratic_error = obj.quadratic_error
+    monkeypatch.setattr(obj, "quadratic_error", lambda delta, h: seen.append(delta.shape[0]) or quadratic_error(delta, h))
+    # Every layer "7B-sized", and 5 rows a slice: 24 rows go as 5+5+5+5+4.
+    monkeypatch.setattr(problem_module, "_COMPACT_ABOVE", 0)
+    monkeypatch.setattr(problem_module, "_FEATURE_ROWS_BYTES", 5 * weight.shape[1] * 4)
+    assert problem.relative_error(keep) == pytest.approx(whole_mask, rel=1e-6)
+    assert seen == [5, 5, 5, 5, 4]
+    assert problem.relative_error_of(lambda rows: problem.error(keep[rows].float(), rows)) == pytest.approx(whole_update, rel=1e-6)
+    expected = ((weight * ~keep) @ problem.hessian * (weight * ~keep)).sum() / problem.dense_energy.sum()
+    assert whole_mask == pytest.approx(float(expected), rel=1e-5)

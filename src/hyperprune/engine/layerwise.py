@@ -252,7 +252,7 @@ def prune_one_block(job: BlockJob, method: PruningMethod, settings: EngineSettin
     stats, output_energy = _calibrate(job, linears, method.statistics)
     reordered = method.reorder_block(linears, stats, lambda: _output_change(job.forward, job.inputs, job.outputs, job.device))
     paired = _advance_dense_stream(job, linears, method)
-    dense_weights = {role: lin.weight.detach().clone() for role, lin in linears.items()}
+    dense_weights = {role: _lossless_copy(lin.weight.detach()) for role, lin in linears.items()}
     ctx = BlockContext(
         index=job.index,
         num_blocks=job.num_blocks,
@@ -273,9 +273,26 @@ def prune_one_block(job: BlockJob, method: PruningMethod, settings: EngineSettin
     block_masks = _prune(job, ctx, method, settings, paired, dense_weights)
     del stats
     # The dense copies become ΔW = W − W' in place: no third copy of the block's weights.
-    meters = {role: _ErrorMeter(dense_weights.pop(role).sub_(lin.weight.detach())) for role, lin in linears.items()}
+    meters = {role: _ErrorMeter(_difference(dense_weights.pop(role), lin.weight.detach())) for role, lin in linears.items()}
     errors = _propagate(job, linears, meters, settings.layer_error_windows)
     return _record(job, linears, meters, ctx, block_masks, settings.target, errors)
+
+
+def _lossless_copy(weight: torch.Tensor) -> torch.Tensor:
+    """A copy of ``weight`` to restore it from, in bfloat16 when that holds it exactly (a bf16
+    checkpoint computed in float32): half the memory, the same values. At LLaMA-2-7B shapes that
+    is 0.4 GiB less beside the method's work on the block."""
+    if weight.dtype == torch.float32:
+        compact = weight.to(torch.bfloat16)
+        if torch.equal(compact.to(torch.float32), weight):
+            return compact
+    return weight.clone()
+
+
+def _difference(dense: torch.Tensor, pruned: torch.Tensor) -> torch.Tensor:
+    """ΔW = W − W' in the pruned weight's dtype, in place when the copy already has it: no third
+    copy of the block's weights."""
+    return dense.sub_(pruned) if dense.dtype == pruned.dtype else dense.to(pruned.dtype).sub_(pruned)
 
 
 def _calibrate(job: BlockJob, linears: dict[str, nn.Linear],

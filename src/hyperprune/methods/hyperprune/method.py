@@ -204,34 +204,39 @@ class HyperPrune(PruningMethod):
         device = ctx.device
         patterns = nm_patterns(pattern.n, pattern.m).to(device)
         prior_table = obj.prior_log_probs(patterns, patterns, opts.prior_beta)
-        problems, shared_inputs, prior_errors = {}, {}, {}
+        problems, prior_errors = {}, {}
         setup_start = _now(device)
         statistics, held_out = self._split_statistics(ctx)
         admm_options = ADMMOptions() if opts.prior == "admm" else None
-        for role, linear in ctx.linears.items():
-            stats = statistics[role]
-            if id(stats) not in shared_inputs:
-                shared_inputs[id(stats)] = input_terms(stats, self.config.hessian, pattern.m, f"block {ctx.index} {role}",
-                                                       admm_options)
-            # One component embedding per role of the block (the paper's 7 for LLaMA-style blocks).
-            # The engine's output energy is over every window: with held-out windows, the product here.
-            energy = ctx.output_energy.get(role) if held_out is None else None
-            problem = build_problem(role, linear.weight, stats, shared_inputs[id(stats)], ctx.target, opts.prior,
-                                    patterns, self.config.hessian, component=list(ctx.linears).index(role),
-                                    keep_prior_weight=opts.refit and self._refit_solver() == "cg", values=opts.values,
-                                    dense_energy=energy)
-            self._refresh(problem, problem.current_keep)
-            if problem.prior_keep is not None:  # the prior's frozen error, free from the first refresh
-                prior_errors[role] = problem.refreshed_relative_error()
-            problems[role] = problem
+        groups: dict[int, list[str]] = {}
+        for role in ctx.linears:
+            groups.setdefault(id(statistics[role]), []).append(role)
+        # The widest input first (down at 7B shapes: a d×d H, its factor and ADMM's), while no other
+        # problem is alive, and each group's factors freed once its problems are built: the
+        # setup's peak is then one group's factors beside the problems, not all of them.
+        for roles in sorted(groups.values(), key=lambda rs: -ctx.linears[rs[0]].in_features):
+            stats = statistics[roles[0]]
+            terms = input_terms(stats, self.config.hessian, pattern.m, f"block {ctx.index} {roles[0]}", admm_options)
+            for role in roles:
+                # One component embedding per role of the block (the paper's 7 for LLaMA-style blocks).
+                # The engine's output energy is over every window: with held-out windows, the product here.
+                energy = ctx.output_energy.get(role) if held_out is None else None
+                problem = build_problem(role, ctx.linears[role].weight, stats, terms, ctx.target, opts.prior,
+                                        patterns, self.config.hessian, component=list(ctx.linears).index(role),
+                                        keep_prior_weight=opts.refit and self._refit_solver() == "cg",
+                                        values=opts.values, dense_energy=energy)
+                self._refresh(problem, problem.current_keep)
+                if problem.prior_keep is not None:  # the prior's frozen error, free from the first refresh
+                    prior_errors[role] = problem.refreshed_relative_error()
+                problems[role] = problem
+            terms.factor = terms.admm = None  # only the prior needed them
+        problems = {role: problems[role] for role in ctx.linears}  # block order: training draws rows in it
         in_features = obj.feature_width(opts.features, pattern.n, pattern.m)
         if self.network is None:
             self._start_network(in_features, patterns.shape[0], ctx.num_blocks, len(ctx.linears))
         network = self.network.to(device)
         generator = torch.Generator(device=device).manual_seed(self.config.seed * 1_000_003 + ctx.index)
 
-        for terms in shared_inputs.values():
-            terms.factor = terms.admm = None  # only the prior needed them: free the d×d factors before training
         setup_s = _now(device) - setup_start  # H⁻¹, the prior (a SparseGPT pass), features
         timing = self._train(ctx, network, problems, patterns, prior_table, generator, opts.steps)
         # The prior's weight at the end of its schedule, also with 0 steps: a saved network applied as
@@ -420,8 +425,7 @@ class HyperPrune(PruningMethod):
     def _mask_info(self, problem: LayerProblem, keep: torch.Tensor, prior_error: float | None = None) -> dict[str, float]:
         info = {"mask_error": problem.relative_error(keep)}
         if problem.base is not None:  # the error of the output without a refit: keep ⊙ V
-            info["update_error"] = float(obj.quadratic_error(problem.error(keep.float()), problem.hessian)
-                                         / problem.dense_energy.sum().clamp_min(1e-12))
+            info["update_error"] = problem.relative_error_of(lambda rows: problem.error(keep[rows].float(), rows))
         if problem.prior_keep is not None:
             info["prior_error"] = problem.relative_error(problem.prior_keep) if prior_error is None else prior_error
             info["changed_vs_prior"] = float((keep != problem.prior_keep).view(-1, problem.m).any(1).float().mean())
@@ -475,6 +479,9 @@ class HyperPrune(PruningMethod):
             if opts.continual and self.cache_features.numel():
                 step_terms["continual"] = self._continual_term(network)
                 loss = loss + opts.lambda_continual * step_terms["continual"]
+            if not bool(torch.isfinite(loss)):  # NaN here would train every later block into NaN, silently
+                raise HyperpruneError(f"HyperPrune's training loss became {float(loss)} in block {ctx.index} at step "
+                                      f"{step}; try a lower --hyperprune-lr, and report it with the model name")
             start = _now(ctx.device)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -580,7 +587,12 @@ class HyperPrune(PruningMethod):
         parts = []
         for first in range(0, d_out, chunk):
             rows = torch.arange(first, min(first + chunk, d_out), device=problem.weight.device)
-            parts.append(obj.hard_mask(self._logits(network, layer, problem, rows, prior_table, gamma), patterns))
+            logits = self._logits(network, layer, problem, rows, prior_table, gamma)
+            if not bool(torch.isfinite(logits).all()):  # an argmax over NaN is a pattern chosen by nothing
+                raise HyperpruneError(f"HyperPrune's network gave NaN or Inf logits in block {layer} "
+                                      f"{problem.role}; its features or a loaded --hyperprune-hypernet are not "
+                                      "finite: report this with the model name")
+            parts.append(obj.hard_mask(logits, patterns))
         return torch.cat(parts).reshape(problem.weight.shape)
 
     # ---------------------------------------------------------------- continual pruning

@@ -228,7 +228,10 @@ def group_features(
         if name == "weight":
             value = weight / rms
         elif name == "wanda":
-            value = row_centered_log(magnitude * column_norms)
+            # An input never seen (‖x‖ = 0: Gemma-3 has such channels) would put log 0 into every
+            # row's mean and make the whole row NaN; give it the floor the weights get instead.
+            floor = _LOG_FLOOR * column_norms.max().clamp_min(1e-30)
+            value = row_centered_log(magnitude * torch.where(column_norms > 0, column_norms, floor))
         elif name == "saliency":
             value = row_centered_log(magnitude.pow(2) / hinv_diag.pow(2))
         elif name == "hdiag":

@@ -165,8 +165,17 @@ class LayerProblem:
 
     def relative_error(self, keep: torch.Tensor) -> float:
         """‖(W − W ⊙ keep)X‖²/‖WX‖² for a hard keep-mask, weights not updated."""
-        delta = self.weight * (~keep)
-        return float(obj.quadratic_error(delta, self.hessian) / self.dense_energy.sum().clamp_min(1e-12))
+        return self.relative_error_of(lambda rows: self.weight[rows] * (~keep[rows]))
+
+    def relative_error_of(self, error_rows) -> float:
+        """Σ eᵀHe / ‖WX‖² for the error rows that ``error_rows(slice)`` gives. 7B-sized layers go
+        a slice of rows at a time: a whole ΔW, ΔW·H and their product would be 3 layer-sized
+        temporaries (0.5 GiB for LLaMA-2-7B's down) on top of the block's problems."""
+        rows = self.weight.shape[0]
+        chunk = rows if not self.compact else max(1, _FEATURE_ROWS_BYTES // (self.weight.shape[1] * 4))
+        total = sum(obj.quadratic_error(error_rows(slice(first, first + chunk)), self.hessian)
+                    for first in range(0, rows, chunk))
+        return float(total / self.dense_energy.sum().clamp_min(1e-12))
 
     def refreshed_relative_error(self) -> float | None:
         """:meth:`relative_error` of ``current_keep`` from the last refresh (no W·H product), while
