@@ -292,7 +292,7 @@ def _lossless_copy(weight: torch.Tensor) -> torch.Tensor:
 def _difference(dense: torch.Tensor, pruned: torch.Tensor) -> torch.Tensor:
     """ΔW = W − W' in the pruned weight's dtype, in place when the copy already has it: no third
     copy of the block's weights."""
-    return dense.sub_(pruned) if dense.dtype == pruned.dtype else dense.to(pruned.dtype).sub_(pruned)
+    return dense.to(pruned.dtype).sub_(pruned)  # .to is the tensor itself when the dtype already matches
 
 
 def _calibrate(job: BlockJob, linears: dict[str, nn.Linear],

@@ -208,13 +208,10 @@ class HyperPrune(PruningMethod):
         setup_start = _now(device)
         statistics, held_out = self._split_statistics(ctx)
         admm_options = ADMMOptions() if opts.prior == "admm" else None
-        groups: dict[int, list[str]] = {}
-        for role in ctx.linears:
-            groups.setdefault(id(statistics[role]), []).append(role)
         # The widest input first (down at 7B shapes: a d×d H, its factor and ADMM's), while no other
         # problem is alive, and each group's factors freed once its problems are built: the
         # setup's peak is then one group's factors beside the problems, not all of them.
-        for roles in sorted(groups.values(), key=lambda rs: -ctx.linears[rs[0]].in_features):
+        for roles in sorted(roles_by_input(ctx), key=lambda rs: -ctx.linears[rs[0]].in_features):
             stats = statistics[roles[0]]
             terms = input_terms(stats, self.config.hessian, pattern.m, f"block {ctx.index} {roles[0]}", admm_options)
             for role in roles:
